@@ -1,0 +1,477 @@
+//! K-means on reward vectors: seeded greedy k-means++ and Lloyd iterations.
+//!
+//! Semantics (mirrored by `tests/reference.py`):
+//! - distances are squared Euclidean, computed in the input's precision, summed over the
+//!   feature axis in order; the nearest centre wins, ties going to the lowest index;
+//! - a Lloyd iteration assigns every row and recomputes each centre as the f64 mean of its
+//!   rows; a centre that gets no row keeps its previous position (the empty-cluster rule);
+//! - iteration stops when no label changed (strict convergence), when the summed squared
+//!   centre shift is at most `tol * mean(var(x, axis=0))` (scikit-learn's rule), or after
+//!   `max_iter` iterations; unless strictly converged, a last pass relabels every row
+//!   against the final centres, and the inertia is that of the returned labels/centres;
+//! - k-means++ is the greedy variant (2 + ln k candidates per centre, the one lowering the
+//!   potential most is kept). When every row already sits on a centre (k above the number
+//!   of distinct rows), the remaining centres are copies of the first and stay empty.
+//! - sums are formed per fixed-size chunk and combined in chunk order: results are bitwise
+//!   identical for every thread count.
+
+use crate::error::{CoreError, Result};
+use crate::pool::{map_chunks, map_chunks_mut, CHUNK};
+use crate::real::{first_non_finite, Real};
+use crate::rng::SplitMix64;
+
+/// How the centres are initialised.
+#[derive(Debug, Clone)]
+pub enum Init<'a> {
+    /// Seeded greedy k-means++.
+    PlusPlus { seed: u64 },
+    /// Explicit initial centres, `k * d` values, row-major.
+    Centres(&'a [f64]),
+}
+
+/// The outcome of a k-means fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KMeansResult {
+    /// Cluster index of every row, `n` values.
+    pub labels: Vec<u32>,
+    /// Final centres, `k * d` values, row-major.
+    pub centroids: Vec<f64>,
+    /// Rows per cluster, `k` values.
+    pub sizes: Vec<u64>,
+    /// Sum of squared distances of the rows to their centres.
+    pub inertia: f64,
+    /// Lloyd iterations run.
+    pub n_iter: usize,
+}
+
+/// Squared distance of one row to one centre, in the input's precision.
+#[inline(always)]
+fn dist2<T: Real>(x: &[T], c: &[T]) -> T {
+    let mut s = T::ZERO;
+    for (a, b) in x.iter().zip(c) {
+        let e = a.sub(*b);
+        s = s.add(e.mul(e));
+    }
+    s
+}
+
+/// Nearest centre of a row (lowest index on ties) and its squared distance.
+#[inline(always)]
+fn nearest<T: Real>(row: &[T], centres: &[T], d: usize) -> (u32, T) {
+    let mut best = T::MAX;
+    let mut arg = 0u32;
+    for (j, c) in centres.chunks_exact(d).enumerate() {
+        let v = dist2(row, c);
+        if v < best {
+            best = v;
+            arg = j as u32;
+        }
+    }
+    (arg, best)
+}
+
+pub(crate) fn check_data<T: Real>(x: &[T], d: usize) -> Result<usize> {
+    if d == 0 {
+        return Err(CoreError::shape("x", "must have at least one column"));
+    }
+    if x.is_empty() || x.len() % d != 0 {
+        return Err(CoreError::shape("x", "must be a non-empty 2-D array (n_rows, n_features)"));
+    }
+    if let Some(i) = first_non_finite(x) {
+        return Err(CoreError::NonFinite { arg: "x", index: i });
+    }
+    Ok(x.len() / d)
+}
+
+/// One chunk's share of a Lloyd pass.
+struct Partial {
+    sums: Vec<f64>,
+    counts: Vec<u64>,
+    inertia: f64,
+    changed: u64,
+}
+
+/// Assigns every row of `x` to its nearest centre (writing `labels`), and returns the
+/// per-centre sums and counts, the inertia and how many labels changed.
+fn assign<T: Real>(
+    x: &[T],
+    d: usize,
+    centres: &[f64],
+    labels: &mut [u32],
+    threads: usize,
+    accumulate: bool,
+) -> Partial {
+    let k = centres.len() / d;
+    let c: Vec<T> = centres.iter().map(|&v| T::from_f64(v)).collect();
+    let parts = map_chunks_mut(labels, CHUNK, threads, |ci, lab| {
+        let xs = &x[ci * CHUNK * d..(ci * CHUNK + lab.len()) * d];
+        let mut p = Partial {
+            sums: vec![0.0; if accumulate { k * d } else { 0 }],
+            counts: vec![0; k],
+            inertia: 0.0,
+            changed: 0,
+        };
+        for (row, l) in xs.chunks_exact(d).zip(lab.iter_mut()) {
+            let (j, dist) = nearest(row, &c, d);
+            p.inertia += dist.to_f64();
+            p.changed += (*l != j) as u64;
+            *l = j;
+            p.counts[j as usize] += 1;
+            if accumulate {
+                let s = &mut p.sums[j as usize * d..(j as usize + 1) * d];
+                for (a, v) in s.iter_mut().zip(row) {
+                    *a += v.to_f64();
+                }
+            }
+        }
+        p
+    });
+    let mut total = Partial {
+        sums: vec![0.0; if accumulate { k * d } else { 0 }],
+        counts: vec![0; k],
+        inertia: 0.0,
+        changed: 0,
+    };
+    for p in parts {
+        for (a, b) in total.sums.iter_mut().zip(&p.sums) {
+            *a += b;
+        }
+        for (a, b) in total.counts.iter_mut().zip(&p.counts) {
+            *a += b;
+        }
+        total.inertia += p.inertia;
+        total.changed += p.changed;
+    }
+    total
+}
+
+/// Mean over columns of the per-column variance (scikit-learn's tolerance scale).
+pub fn mean_column_variance<T: Real>(x: &[T], d: usize, threads: usize) -> f64 {
+    let n = x.len() / d;
+    if n == 0 {
+        return 0.0;
+    }
+    let rows_chunks = n.div_ceil(CHUNK);
+    let chunk = |c: usize| &x[c * CHUNK * d..((c + 1) * CHUNK).min(n) * d];
+    let sums = map_chunks(rows_chunks, threads, |c| {
+        let mut s = vec![0.0f64; d];
+        for row in chunk(c).chunks_exact(d) {
+            for (a, v) in s.iter_mut().zip(row) {
+                *a += v.to_f64();
+            }
+        }
+        s
+    });
+    let mut mean = vec![0.0f64; d];
+    for s in &sums {
+        for (a, b) in mean.iter_mut().zip(s) {
+            *a += b;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    let sq = map_chunks(rows_chunks, threads, |c| {
+        let mut s = vec![0.0f64; d];
+        for row in chunk(c).chunks_exact(d) {
+            for ((a, v), m) in s.iter_mut().zip(row).zip(&mean) {
+                let e = v.to_f64() - m;
+                *a += e * e;
+            }
+        }
+        s
+    });
+    let mut var = vec![0.0f64; d];
+    for s in &sq {
+        for (a, b) in var.iter_mut().zip(s) {
+            *a += b;
+        }
+    }
+    var.iter().map(|v| v / n as f64).sum::<f64>() / d as f64
+}
+
+/// Lloyd iterations from explicit centres (see the module docs for the exact rules).
+pub fn lloyd<T: Real>(
+    x: &[T],
+    d: usize,
+    mut centres: Vec<f64>,
+    max_iter: usize,
+    tol: f64,
+    threads: usize,
+) -> Result<KMeansResult> {
+    let n = check_data(x, d)?;
+    check_centres(&centres, d)?;
+    check_iter_tol(max_iter, tol)?;
+    let k = centres.len() / d;
+    let tol_abs = if tol > 0.0 { tol * mean_column_variance(x, d, threads) } else { 0.0 };
+    let mut labels = vec![u32::MAX; n];
+    let mut n_iter = 0;
+    let mut strict = false;
+    let mut last = None;
+    for it in 0..max_iter {
+        let p = assign(x, d, &centres, &mut labels, threads, true);
+        n_iter = it + 1;
+        let mut shift = 0.0;
+        for j in 0..k {
+            if p.counts[j] > 0 {
+                for t in 0..d {
+                    let new = p.sums[j * d + t] / p.counts[j] as f64;
+                    let e = new - centres[j * d + t];
+                    shift += e * e;
+                    centres[j * d + t] = new;
+                }
+            }
+        }
+        if p.changed == 0 {
+            strict = true;
+            last = Some(p);
+            break;
+        }
+        if shift <= tol_abs {
+            break;
+        }
+    }
+    let p = match (strict, last) {
+        (true, Some(p)) => p,
+        _ => assign(x, d, &centres, &mut labels, threads, false),
+    };
+    Ok(KMeansResult { labels, centroids: centres, sizes: p.counts, inertia: p.inertia, n_iter })
+}
+
+fn check_centres(c: &[f64], d: usize) -> Result<()> {
+    if c.is_empty() || c.len() % d != 0 {
+        return Err(CoreError::shape(
+            "init",
+            format!("initial centres must be a (k, {d}) array with k >= 1"),
+        ));
+    }
+    if let Some(i) = c.iter().position(|v| !v.is_finite()) {
+        return Err(CoreError::NonFinite { arg: "init", index: i });
+    }
+    Ok(())
+}
+
+fn check_iter_tol(max_iter: usize, tol: f64) -> Result<()> {
+    if max_iter == 0 {
+        return Err(CoreError::value("max_iter", "must be >= 1, got 0"));
+    }
+    if !(tol.is_finite() && tol >= 0.0) {
+        return Err(CoreError::value("tol", format!("must be finite and >= 0, got {tol}")));
+    }
+    Ok(())
+}
+
+/// Per-chunk sums of `closest`, each summed sequentially inside its chunk.
+fn chunk_sums(closest: &[f64], threads: usize) -> Vec<f64> {
+    map_chunks(closest.len().div_ceil(CHUNK), threads, |c| {
+        closest[c * CHUNK..((c + 1) * CHUNK).min(closest.len())].iter().sum()
+    })
+}
+
+/// The row whose cumulative potential first exceeds `r`.
+fn sample_index(closest: &[f64], sums: &[f64], r: f64) -> usize {
+    let mut cum = 0.0;
+    for (c, s) in sums.iter().enumerate() {
+        if cum + s > r {
+            let base = c * CHUNK;
+            for (i, v) in closest[base..(base + CHUNK).min(closest.len())].iter().enumerate() {
+                cum += v;
+                if cum > r {
+                    return base + i;
+                }
+            }
+            break;
+        }
+        cum += s;
+    }
+    // r at the very end through rounding: the last row with positive potential
+    closest.iter().rposition(|&v| v > 0.0).unwrap_or(0)
+}
+
+/// Seeded greedy k-means++: `k * d` initial centres (f64, row-major).
+pub fn kmeans_plusplus<T: Real>(x: &[T], d: usize, k: usize, seed: u64, threads: usize) -> Result<Vec<f64>> {
+    let n = check_data(x, d)?;
+    if k == 0 {
+        return Err(CoreError::value("k", "must be >= 1, got 0"));
+    }
+    let row = |i: usize| &x[i * d..(i + 1) * d];
+    let mut rng = SplitMix64::new(seed);
+    let n_trials = 2 + (k as f64).ln().floor() as usize;
+    let first = rng.below(n);
+    let mut centres: Vec<f64> = row(first).iter().map(|v| v.to_f64()).collect();
+    let c0: Vec<T> = row(first).to_vec();
+    let mut closest = vec![0.0f64; n];
+    map_chunks_mut(&mut closest, CHUNK, threads, |ci, cl| {
+        for (i, v) in cl.iter_mut().enumerate() {
+            *v = dist2(row(ci * CHUNK + i), &c0).to_f64();
+        }
+    });
+    let mut sums = chunk_sums(&closest, threads);
+    let mut pot: f64 = sums.iter().sum();
+    for _ in 1..k {
+        if pot.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            // every row sits on a centre: the rest are empty copies of the first
+            let first_centre = centres[..d].to_vec();
+            while centres.len() < k * d {
+                centres.extend_from_slice(&first_centre);
+            }
+            break;
+        }
+        let cands: Vec<usize> = (0..n_trials)
+            .map(|_| {
+                let r = rng.uniform() * pot;
+                sample_index(&closest, &sums, r)
+            })
+            .collect();
+        let cand_rows: Vec<&[T]> = cands.iter().map(|&i| row(i)).collect();
+        let pots_per_chunk = map_chunks(n.div_ceil(CHUNK), threads, |ci| {
+            let lo = ci * CHUNK;
+            let hi = (lo + CHUNK).min(n);
+            let mut p = vec![0.0f64; n_trials];
+            for (t, cr) in cand_rows.iter().enumerate() {
+                let mut s = 0.0;
+                for i in lo..hi {
+                    s += closest[i].min(dist2(row(i), cr).to_f64());
+                }
+                p[t] = s;
+            }
+            p
+        });
+        let mut pots = vec![0.0f64; n_trials];
+        for p in &pots_per_chunk {
+            for (a, b) in pots.iter_mut().zip(p) {
+                *a += b;
+            }
+        }
+        let mut best = 0;
+        for t in 1..n_trials {
+            if pots[t] < pots[best] {
+                best = t;
+            }
+        }
+        let cb = cand_rows[best];
+        map_chunks_mut(&mut closest, CHUNK, threads, |ci, cl| {
+            for (i, v) in cl.iter_mut().enumerate() {
+                *v = v.min(dist2(row(ci * CHUNK + i), cb).to_f64());
+            }
+        });
+        sums = chunk_sums(&closest, threads);
+        pot = sums.iter().sum();
+        centres.extend(cb.iter().map(|v| v.to_f64()));
+    }
+    Ok(centres)
+}
+
+/// K-means: initialisation then Lloyd iterations.
+pub fn kmeans<T: Real>(
+    x: &[T],
+    d: usize,
+    k: usize,
+    init: Init<'_>,
+    max_iter: usize,
+    tol: f64,
+    threads: usize,
+) -> Result<KMeansResult> {
+    check_data(x, d)?;
+    if k == 0 {
+        return Err(CoreError::value("k", "must be >= 1, got 0"));
+    }
+    check_iter_tol(max_iter, tol)?;
+    let centres = match init {
+        Init::PlusPlus { seed } => kmeans_plusplus(x, d, k, seed, threads)?,
+        Init::Centres(c) => {
+            check_centres(c, d)?;
+            if c.len() != k * d {
+                return Err(CoreError::shape(
+                    "init",
+                    format!("initial centres have {} rows but k = {k}", c.len() / d),
+                ));
+            }
+            c.to_vec()
+        }
+    };
+    lloyd(x, d, centres, max_iter, tol, threads)
+}
+
+/// The first `limit` distinct rows are enough to cap k: counts distinct rows up to `limit`.
+pub fn count_distinct_rows<T: Real>(x: &[T], d: usize, limit: usize) -> usize {
+    let mut seen: Vec<&[T]> = Vec::new();
+    for row in x.chunks_exact(d) {
+        if !seen.iter().any(|s| s.iter().zip(row).all(|(a, b)| a.to_f64().to_bits() == b.to_f64().to_bits())) {
+            seen.push(row);
+            if seen.len() >= limit {
+                break;
+            }
+        }
+    }
+    seen.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blobs(n: usize) -> Vec<f64> {
+        let mut r = SplitMix64::new(3);
+        let mut x = Vec::with_capacity(n * 2);
+        for i in 0..n {
+            let c = (i % 3) as f64 * 10.0;
+            x.push(c + r.uniform());
+            x.push(-c + r.uniform());
+        }
+        x
+    }
+
+    #[test]
+    fn finds_three_blobs() {
+        let x = blobs(3000);
+        let res = kmeans(&x, 2, 3, Init::PlusPlus { seed: 0 }, 300, 1e-4, 2).unwrap();
+        let mut sizes = res.sizes.clone();
+        sizes.sort();
+        assert_eq!(sizes, vec![1000, 1000, 1000]);
+        assert!(res.inertia < 3000.0 * 0.2);
+    }
+
+    #[test]
+    fn bitwise_identical_across_threads() {
+        let x: Vec<f32> = blobs(20_000).iter().map(|&v| v as f32).collect();
+        let a = kmeans(&x, 2, 4, Init::PlusPlus { seed: 5 }, 50, 0.0, 1).unwrap();
+        let b = kmeans(&x, 2, 4, Init::PlusPlus { seed: 5 }, 50, 0.0, 2).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
+    }
+
+    #[test]
+    fn k_above_distinct_rows_is_defined() {
+        let x = [0.0f64, 1.0, 0.0, 1.0, 1.0, 1.0];
+        let res = kmeans(&x, 2, 5, Init::PlusPlus { seed: 0 }, 100, 1e-4, 1).unwrap();
+        assert_eq!(res.centroids.len(), 10);
+        assert_eq!(res.inertia, 0.0);
+        assert_eq!(res.sizes.iter().filter(|&&s| s > 0).count(), 2);
+        assert_eq!(res.sizes.iter().sum::<u64>(), 3);
+    }
+
+    #[test]
+    fn empty_cluster_keeps_its_centre() {
+        let x = [0.0f64, 0.0, 1.0, 1.0];
+        let init = [0.0, 0.0, 1.0, 1.0, 50.0, 50.0];
+        let res = kmeans(&x, 2, 3, Init::Centres(&init), 10, 0.0, 1).unwrap();
+        assert_eq!(&res.centroids[4..], &[50.0, 50.0]);
+        assert_eq!(res.sizes, vec![1, 1, 0]);
+        assert_eq!(res.n_iter, 1); // no centre moved: the shift rule stops at once
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        assert!(kmeans(&[0.0f64; 4], 2, 0, Init::PlusPlus { seed: 0 }, 10, 0.0, 1).is_err());
+        assert!(kmeans(&[f64::NAN, 0.0], 2, 1, Init::PlusPlus { seed: 0 }, 10, 0.0, 1).is_err());
+        assert!(kmeans(&[0.0f64; 3], 2, 1, Init::PlusPlus { seed: 0 }, 10, 0.0, 1).is_err());
+        assert!(kmeans(&[0.0f64; 4], 2, 2, Init::Centres(&[0.0; 2]), 10, 0.0, 1).is_err());
+        assert!(kmeans(&[0.0f64; 4], 2, 1, Init::PlusPlus { seed: 0 }, 0, 0.0, 1).is_err());
+    }
+
+    #[test]
+    fn distinct_rows_counted_up_to_limit() {
+        let x = [0.0f32, 1.0, 0.0, 1.0, 2.0, 2.0, 3.0, 3.0];
+        assert_eq!(count_distinct_rows(&x, 2, 10), 3);
+        assert_eq!(count_distinct_rows(&x, 2, 2), 2);
+    }
+}

@@ -1,0 +1,200 @@
+//! Stable mapping from user labels (strings or integers) to dense ids.
+//!
+//! Ids are handed out in order of first appearance and never change; the mapping is part of
+//! the saved state, so a resumed run maps every label to the same id.
+
+use crate::error::{CoreError, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// A user label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Key {
+    Int(i64),
+    Str(String),
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Int(i) => write!(f, "{i}"),
+            Key::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Labels of one batch, one per prompt. For `Ints`, -1 means unknown; for `Keys`, `None`
+/// (or `Int(-1)`) means unknown.
+#[derive(Debug, Clone, Copy)]
+pub enum Labels<'a> {
+    /// No labels given: every prompt unknown (groups) or one shared value (sources).
+    Absent,
+    Ints(&'a [i64]),
+    Keys(&'a [Option<Key>]),
+}
+
+impl Labels<'_> {
+    pub fn len(&self) -> Option<usize> {
+        match self {
+            Labels::Absent => None,
+            Labels::Ints(v) => Some(v.len()),
+            Labels::Keys(v) => Some(v.len()),
+        }
+    }
+}
+
+/// Label -> dense id, in order of first appearance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LabelMap {
+    pub names: Vec<Key>,
+    #[serde(skip)]
+    index: HashMap<Key, u32>,
+    #[serde(skip)]
+    small: Vec<u32>,
+}
+
+const SMALL: usize = 1 << 16;
+
+impl LabelMap {
+    /// Rebuilds the lookup tables after deserialisation.
+    pub fn rebuild(&mut self) -> Result<()> {
+        self.index.clear();
+        self.small.clear();
+        let names = std::mem::take(&mut self.names);
+        for k in names {
+            if self.index.contains_key(&k) {
+                return Err(CoreError::State(format!("label {k} appears twice in the label map")));
+            }
+            self.insert(k);
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, k: Key) -> u32 {
+        let id = self.names.len() as u32;
+        if let Key::Int(i) = k {
+            if (0..SMALL as i64).contains(&i) {
+                if self.small.len() <= i as usize {
+                    self.small.resize(i as usize + 1, u32::MAX);
+                }
+                self.small[i as usize] = id;
+            }
+        }
+        self.index.insert(k.clone(), id);
+        self.names.push(k);
+        id
+    }
+
+    #[inline]
+    fn id_of_int(&mut self, i: i64) -> u32 {
+        if (0..SMALL as i64).contains(&i) {
+            if let Some(&id) = self.small.get(i as usize) {
+                if id != u32::MAX {
+                    return id;
+                }
+            }
+        }
+        match self.index.get(&Key::Int(i)) {
+            Some(&id) => id,
+            None => self.insert(Key::Int(i)),
+        }
+    }
+
+    fn id_of(&mut self, k: &Key) -> u32 {
+        match k {
+            Key::Int(i) => self.id_of_int(*i),
+            Key::Str(_) => match self.index.get(k) {
+                Some(&id) => id,
+                None => self.insert(k.clone()),
+            },
+        }
+    }
+
+    /// Dense ids of a batch of labels (-1 = unknown). `n` is the expected count.
+    pub fn map(&mut self, labels: Labels<'_>, n: usize, arg: &'static str) -> Result<Vec<i32>> {
+        if let Some(len) = labels.len() {
+            if len != n {
+                return Err(CoreError::shape(
+                    arg,
+                    format!("has {len} entries but the batch has {n} prompts (one label per prompt)"),
+                ));
+            }
+        }
+        let out = match labels {
+            Labels::Absent => vec![-1; n],
+            Labels::Ints(v) => {
+                let mut out = Vec::with_capacity(n);
+                let mut last = (i64::MIN, 0i32);
+                for &i in v {
+                    if i == -1 {
+                        out.push(-1);
+                    } else if i < -1 {
+                        return Err(CoreError::value(
+                            arg,
+                            format!("integer label {i} is negative; use -1 (or None) for unknown"),
+                        ));
+                    } else if i == last.0 {
+                        out.push(last.1);
+                    } else {
+                        let id = self.id_of_int(i) as i32;
+                        last = (i, id);
+                        out.push(id);
+                    }
+                }
+                out
+            }
+            Labels::Keys(v) => v
+                .iter()
+                .map(|k| match k {
+                    None | Some(Key::Int(-1)) => Ok(-1),
+                    Some(Key::Int(i)) if *i < -1 => Err(CoreError::value(
+                        arg,
+                        format!("integer label {i} is negative; use -1 (or None) for unknown"),
+                    )),
+                    Some(k) => Ok(self.id_of(k) as i32),
+                })
+                .collect::<Result<Vec<i32>>>()?,
+        };
+        Ok(out)
+    }
+
+    pub fn name(&self, id: u32) -> String {
+        self.names[id as usize].to_string()
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_survive_a_round_trip() {
+        let mut m = LabelMap::default();
+        let a = m.map(Labels::Ints(&[5, 3, -1, 5, 70_000]), 5, "g").unwrap();
+        assert_eq!(a, vec![0, 1, -1, 0, 2]);
+        let keys = [Some(Key::Str("f".into())), None, Some(Key::Int(3))];
+        assert_eq!(m.map(Labels::Keys(&keys), 3, "g").unwrap(), vec![3, -1, 1]);
+        let json = serde_json::to_string(&m).unwrap();
+        let mut back: LabelMap = serde_json::from_str(&json).unwrap();
+        back.rebuild().unwrap();
+        assert_eq!(back.map(Labels::Ints(&[70_000, 5]), 2, "g").unwrap(), vec![2, 0]);
+        assert_eq!(back.name(3), "f");
+    }
+
+    #[test]
+    fn wrong_length_and_negative_labels_are_errors() {
+        let mut m = LabelMap::default();
+        assert!(m.map(Labels::Ints(&[1, 2]), 3, "groups").is_err());
+        let e = m.map(Labels::Ints(&[-4]), 1, "groups").unwrap_err();
+        assert!(e.to_string().contains("groups"));
+    }
+}

@@ -1,0 +1,92 @@
+//! Parallel execution with results that do not depend on the thread count.
+//!
+//! Work is cut into fixed-size chunks (the size never depends on the number of threads);
+//! each chunk produces a partial result, and partials are combined sequentially in chunk
+//! order. Everything runs on rayon's one global pool; `n_threads` only limits how many
+//! pieces the chunk list is split into.
+
+use crate::error::{CoreError, Result};
+use rayon::prelude::*;
+
+/// Rows per chunk of every chunked pass.
+pub const CHUNK: usize = 4096;
+
+/// Checks a user's `n_threads` and turns it into a split count (`None` = the whole pool).
+pub fn resolve_threads(n_threads: Option<usize>) -> Result<usize> {
+    match n_threads {
+        None => Ok(rayon::current_num_threads().max(1)),
+        Some(0) => Err(CoreError::value("n_threads", "must be >= 1 or None, got 0")),
+        Some(n) => Ok(n),
+    }
+}
+
+/// Maps `f` over `n_chunks` chunk indices on at most `threads` threads; results in chunk order.
+pub fn map_chunks<R, F>(n_chunks: usize, threads: usize, f: F) -> Vec<R>
+where
+    R: Send,
+    F: Fn(usize) -> R + Sync + Send,
+{
+    if threads <= 1 || n_chunks <= 1 {
+        return (0..n_chunks).map(f).collect();
+    }
+    let min_len = n_chunks.div_ceil(threads).max(1);
+    (0..n_chunks)
+        .into_par_iter()
+        .with_min_len(min_len)
+        .map(f)
+        .collect()
+}
+
+/// Like [`map_chunks`] but each chunk also gets its own disjoint slice of `out`
+/// (`out` is cut into pieces of `per_chunk` elements).
+pub fn map_chunks_mut<O, R, F>(out: &mut [O], per_chunk: usize, threads: usize, f: F) -> Vec<R>
+where
+    O: Send,
+    R: Send,
+    F: Fn(usize, &mut [O]) -> R + Sync + Send,
+{
+    let n_chunks = out.len().div_ceil(per_chunk.max(1));
+    if threads <= 1 || n_chunks <= 1 {
+        return out
+            .chunks_mut(per_chunk.max(1))
+            .enumerate()
+            .map(|(i, c)| f(i, c))
+            .collect();
+    }
+    let min_len = n_chunks.div_ceil(threads).max(1);
+    out.par_chunks_mut(per_chunk.max(1))
+        .with_min_len(min_len)
+        .enumerate()
+        .map(|(i, c)| f(i, c))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_order_is_kept() {
+        let a = map_chunks(100, 1, |i| i * 2);
+        let b = map_chunks(100, 2, |i| i * 2);
+        assert_eq!(a, b);
+        assert_eq!(a[99], 198);
+    }
+
+    #[test]
+    fn zero_threads_is_an_error() {
+        assert!(resolve_threads(Some(0)).is_err());
+        assert_eq!(resolve_threads(Some(3)).unwrap(), 3);
+    }
+
+    #[test]
+    fn mut_chunks_cover_everything() {
+        let mut v = vec![0usize; 10_001];
+        let sizes = map_chunks_mut(&mut v, 4096, 2, |i, c| {
+            c.iter_mut().for_each(|x| *x = i);
+            c.len()
+        });
+        assert_eq!(sizes, vec![4096, 4096, 1809]);
+        assert_eq!(v[10_000], 2);
+    }
+}

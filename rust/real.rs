@@ -1,0 +1,69 @@
+//! The floating-point element types the core accepts (f32 and f64).
+
+/// An input element type. Arithmetic on the input happens in `Self`; sums in f64.
+pub trait Real: Copy + Send + Sync + PartialOrd + Default + std::fmt::Debug + 'static {
+    const ZERO: Self;
+    const MAX: Self;
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
+    fn is_finite(self) -> bool;
+    fn is_nan(self) -> bool;
+    fn sub(self, o: Self) -> Self;
+    fn mul(self, o: Self) -> Self;
+    fn add(self, o: Self) -> Self;
+}
+
+macro_rules! impl_real {
+    ($t:ty) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const MAX: Self = <$t>::MAX;
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
+            }
+            #[inline(always)]
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
+            #[inline(always)]
+            fn sub(self, o: Self) -> Self {
+                self - o
+            }
+            #[inline(always)]
+            fn mul(self, o: Self) -> Self {
+                self * o
+            }
+            #[inline(always)]
+            fn add(self, o: Self) -> Self {
+                self + o
+            }
+        }
+    };
+}
+impl_real!(f32);
+impl_real!(f64);
+
+/// Index of the first non-finite element, if any.
+pub fn first_non_finite<T: Real>(x: &[T]) -> Option<usize> {
+    x.iter().position(|v| !v.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_first_non_finite() {
+        assert_eq!(first_non_finite(&[1.0f32, f32::NAN, f32::INFINITY]), Some(1));
+        assert_eq!(first_non_finite(&[1.0f64, 2.0]), None);
+    }
+}
