@@ -1,0 +1,68 @@
+//! Argument conversion: numpy arrays of f32 / f64, label sequences.
+
+use crate::labels::Key;
+use numpy::{PyReadonlyArray1, PyReadonlyArray2};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyInt, PyString};
+
+/// A 1-D float array of either precision.
+#[derive(FromPyObject)]
+pub enum Floats1<'py> {
+    F32(PyReadonlyArray1<'py, f32>),
+    F64(PyReadonlyArray1<'py, f64>),
+}
+
+/// A 2-D float array of either precision.
+#[derive(FromPyObject)]
+pub enum Floats2<'py> {
+    F32(PyReadonlyArray2<'py, f32>),
+    F64(PyReadonlyArray2<'py, f64>),
+}
+
+/// Labels as the binding receives them: absent, an int64 array, or a list of keys.
+pub enum LabelsArg<'py> {
+    Absent,
+    Ints(PyReadonlyArray1<'py, i64>),
+    Keys(Vec<Option<Key>>),
+}
+
+pub fn labels_arg<'py>(obj: Option<&Bound<'py, PyAny>>, arg: &str) -> PyResult<LabelsArg<'py>> {
+    let Some(obj) = obj else { return Ok(LabelsArg::Absent) };
+    if obj.is_none() {
+        return Ok(LabelsArg::Absent);
+    }
+    if let Ok(a) = obj.extract::<PyReadonlyArray1<'py, i64>>() {
+        return Ok(LabelsArg::Ints(a));
+    }
+    let mut keys = Vec::new();
+    for (i, item) in obj.try_iter()?.enumerate() {
+        let item = item?;
+        let key = if item.is_none() {
+            None
+        } else if item.is_instance_of::<PyBool>() {
+            return Err(PyTypeError::new_err(format!(
+                "`{arg}`[{i}] is a bool; labels must be str, int or None"
+            )));
+        } else if item.is_instance_of::<PyInt>() {
+            Some(Key::Int(item.extract::<i64>()?))
+        } else if item.is_instance_of::<PyString>() {
+            Some(Key::Str(item.extract::<String>()?))
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "`{arg}`[{i}] is a {}; labels must be str, int or None",
+                item.get_type().name()?
+            )));
+        };
+        keys.push(key);
+    }
+    Ok(LabelsArg::Keys(keys))
+}
+
+pub fn contiguous<'a, T: numpy::Element>(a: &'a numpy::PyReadonlyArray<'_, T, impl numpy::ndarray::Dimension>, arg: &str) -> PyResult<&'a [T]> {
+    a.as_slice().map_err(|_| {
+        super::errors::ShapeError::new_err(format!(
+            "`{arg}` must be C-contiguous (pass numpy.ascontiguousarray({arg}))"
+        ))
+    })
+}

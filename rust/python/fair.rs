@@ -1,0 +1,106 @@
+//! `FairCore`: the stateful FairGRPO advantage computation. The public, documented
+//! `fairgrpo.FairAdvantage` wraps it (options by keyword, stats as a dict).
+
+use super::arrays::{contiguous, labels_arg, Floats1, LabelsArg};
+use super::errors::detach;
+use crate::config::FairConfig;
+use crate::error::CoreError;
+use crate::fair::{FairAdvantage, StepOutput};
+use crate::labels::Labels;
+use crate::real::Real;
+use numpy::IntoPyArray;
+use pyo3::prelude::*;
+
+/// Stateful FairGRPO advantages (see ``fairgrpo.FairAdvantage`` for the documented API).
+#[pyclass(module = "fairgrpo._core", name = "FairCore")]
+pub struct FairCore {
+    inner: FairAdvantage,
+}
+
+fn as_labels<'a>(a: &'a LabelsArg<'_>, arg: &str) -> PyResult<Labels<'a>> {
+    Ok(match a {
+        LabelsArg::Absent => Labels::Absent,
+        LabelsArg::Ints(v) => Labels::Ints(contiguous(v, arg)?),
+        LabelsArg::Keys(k) => Labels::Keys(k),
+    })
+}
+
+#[pymethods]
+impl FairCore {
+    /// Creates the state from a JSON object of options (every field of the config).
+    #[new]
+    fn new(config_json: &str) -> PyResult<Self> {
+        let config: FairConfig =
+            serde_json::from_str(config_json).map_err(|e| CoreError::value("config", e.to_string()))?;
+        Ok(FairCore { inner: FairAdvantage::new(config)? })
+    }
+
+    /// The options, as JSON.
+    fn config_json(&self) -> PyResult<String> {
+        serde_json::to_string(&self.inner.config).map_err(|e| CoreError::State(e.to_string()).into())
+    }
+
+    /// The whole state, as JSON (floats round-trip exactly).
+    fn state_json(&self) -> PyResult<String> {
+        Ok(self.inner.to_json()?)
+    }
+
+    /// Restores a state written by ``state_json``.
+    #[staticmethod]
+    fn from_state_json(state: &str) -> PyResult<Self> {
+        Ok(FairCore { inner: FairAdvantage::from_json(state)? })
+    }
+
+    /// Steps taken so far.
+    #[getter]
+    fn step_count(&self) -> u64 {
+        self.inner.step
+    }
+
+    /// One training step. Returns ``(advantages, weights, clusters, report_json)``.
+    #[pyo3(signature = (rewards, group_size, sources = None, groups = None, true_groups = None))]
+    fn step<'py>(
+        &mut self,
+        py: Python<'py>,
+        rewards: Floats1<'py>,
+        group_size: usize,
+        sources: Option<&Bound<'py, PyAny>>,
+        groups: Option<&Bound<'py, PyAny>>,
+        true_groups: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>, String)> {
+        let s = labels_arg(sources, "sources")?;
+        let g = labels_arg(groups, "groups")?;
+        let t = labels_arg(true_groups, "true_groups")?;
+        let (ls, lg, lt) = (as_labels(&s, "sources")?, as_labels(&g, "groups")?, as_labels(&t, "true_groups")?);
+        let inner = &mut self.inner;
+        fn run<T: Real>(
+            fa: &mut FairAdvantage,
+            r: &[T],
+            gs: usize,
+            ls: Labels<'_>,
+            lg: Labels<'_>,
+            lt: Labels<'_>,
+        ) -> crate::Result<(Vec<T>, StepOutput, String)> {
+            let mut out = vec![T::ZERO; r.len()];
+            let o = fa.step(r, gs, ls, lg, lt, &mut out)?;
+            let json = serde_json::to_string(&o.report).map_err(|e| CoreError::State(e.to_string()))?;
+            Ok((out, o, json))
+        }
+        let (adv, o, json) = match &rewards {
+            Floats1::F32(a) => {
+                let r = contiguous(a, "rewards")?;
+                let (adv, o, j) = detach(py, || run(inner, r, group_size, ls, lg, lt))?;
+                (adv.into_pyarray(py).into_any(), o, j)
+            }
+            Floats1::F64(a) => {
+                let r = contiguous(a, "rewards")?;
+                let (adv, o, j) = detach(py, || run(inner, r, group_size, ls, lg, lt))?;
+                (adv.into_pyarray(py).into_any(), o, j)
+            }
+        };
+        let w = o.weights.into_pyarray(py).into_any();
+        let c: Vec<i64> = o.clusters.iter().map(|&v| v as i64).collect();
+        Ok((adv, w, c.into_pyarray(py).into_any(), json))
+    }
+}
+
