@@ -62,7 +62,11 @@ pub fn moments<T: Real>(r: &[T]) -> Moments {
             count += 1;
         }
     }
-    let mean = if count > 0 { sum / count as f64 } else { f64::NAN };
+    let mean = if count > 0 {
+        sum / count as f64
+    } else {
+        f64::NAN
+    };
     let mut ss = 0.0f64;
     for &v in r {
         if !v.is_nan() {
@@ -75,14 +79,23 @@ pub fn moments<T: Real>(r: &[T]) -> Moments {
     } else {
         f64::NAN
     };
-    Moments { sum, count, mean, std }
+    Moments {
+        sum,
+        count,
+        mean,
+        std,
+    }
 }
 
 /// The per-rollout score given the prompt's mean and the denominator's std.
 #[inline(always)]
 pub fn score(r: f64, mean: f64, std: f64, scale: Scale, eps: f64) -> f64 {
     let a = r - mean;
-    let a = if scale == Scale::None { a } else { a / (std + eps) };
+    let a = if scale == Scale::None {
+        a
+    } else {
+        a / (std + eps)
+    };
     if a.is_nan() {
         0.0
     } else {
@@ -125,7 +138,9 @@ pub fn batch_std<T: Real>(rewards: &[T], threads: usize) -> f64 {
         let m = moments(chunk(c));
         (m.sum, m.count as u64)
     });
-    let (sum, count) = parts.iter().fold((0.0, 0u64), |a, p| (a.0 + p.0, a.1 + p.1));
+    let (sum, count) = parts
+        .iter()
+        .fold((0.0, 0u64), |a, p| (a.0 + p.0, a.1 + p.1));
     if count <= 1 {
         return f64::NAN;
     }
@@ -159,10 +174,17 @@ pub fn group_advantages<T: Real>(
         return Err(CoreError::shape("out", "must have the length of rewards"));
     }
     if !(eps.is_finite() && eps >= 0.0) {
-        return Err(CoreError::value("eps", format!("must be finite and >= 0, got {eps}")));
+        return Err(CoreError::value(
+            "eps",
+            format!("must be finite and >= 0, got {eps}"),
+        ));
     }
     let g = group_size;
-    let bstd = if scale == Scale::Batch { batch_std(rewards, threads) } else { 0.0 };
+    let bstd = if scale == Scale::Batch {
+        batch_std(rewards, threads)
+    } else {
+        0.0
+    };
     let per_chunk = (CHUNK / g).max(1) * g;
     map_chunks_mut(out, per_chunk, threads, |c, o| {
         let r = &rewards[c * per_chunk..c * per_chunk + o.len()];
@@ -201,7 +223,11 @@ mod tests {
 
     #[test]
     fn nan_rewards_are_ignored_and_get_zero() {
-        let a = adv(&[1.0, f64::NAN, 0.0, f64::NAN, 2.0, f64::NAN], 3, Scale::Group);
+        let a = adv(
+            &[1.0, f64::NAN, 0.0, f64::NAN, 2.0, f64::NAN],
+            3,
+            Scale::Group,
+        );
         assert_eq!(a[1], 0.0);
         assert!(a[0] > 0.0 && a[2] < 0.0);
         // a single scorable rollout: std is NaN, so its advantage is 0 (TRL's nan_to_num)
@@ -225,13 +251,17 @@ mod tests {
         assert!(group_advantages(&[0.0; 5], 2, Scale::Group, 1e-4, 1, &mut out).is_err());
         assert!(group_advantages(&[0.0; 5], 0, Scale::Group, 1e-4, 1, &mut out).is_err());
         let mut out = vec![0.0; 2];
-        assert!(group_advantages(&[f64::INFINITY, 0.0], 2, Scale::Group, 1e-4, 1, &mut out).is_err());
+        assert!(
+            group_advantages(&[f64::INFINITY, 0.0], 2, Scale::Group, 1e-4, 1, &mut out).is_err()
+        );
         assert!("groups".parse::<Scale>().is_err());
     }
 
     #[test]
     fn thread_count_does_not_change_bits() {
-        let r: Vec<f32> = (0..50_000).map(|i| ((i * 7919) % 13) as f32 / 13.0).collect();
+        let r: Vec<f32> = (0..50_000)
+            .map(|i| ((i * 7919) % 13) as f32 / 13.0)
+            .collect();
         let mut a = vec![0.0f32; r.len()];
         let mut b = vec![0.0f32; r.len()];
         group_advantages(&r, 8, Scale::Batch, 1e-4, 1, &mut a).unwrap();

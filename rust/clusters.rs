@@ -145,11 +145,7 @@ pub struct ClusterStep {
 
 impl SourceClusters {
     pub fn rows(&self) -> usize {
-        if self.dim == 0 {
-            0
-        } else {
-            self.history.len() / self.dim
-        }
+        self.history.len().checked_div(self.dim).unwrap_or(0)
     }
 
     /// Mean of centre `j` over its coordinates (the pseudo-group's mean reward).
@@ -188,7 +184,11 @@ impl SourceClusters {
                 inc.labels.clear();
             }
         }
-        let prev: Vec<u32> = self.labels.get(dropped.min(self.labels.len())..).map(|s| s.to_vec()).unwrap_or_default();
+        let prev: Vec<u32> = self
+            .labels
+            .get(dropped.min(self.labels.len())..)
+            .map(|s| s.to_vec())
+            .unwrap_or_default();
         match p.update {
             ClusterUpdate::Refit => self.refit(p)?,
             ClusterUpdate::Incremental => self.incremental(rows, b, p)?,
@@ -202,7 +202,10 @@ impl SourceClusters {
             None
         };
         let n = self.rows();
-        Ok(ClusterStep { batch_labels: self.labels[n - b..].to_vec(), stability_ari })
+        Ok(ClusterStep {
+            batch_labels: self.labels[n - b..].to_vec(),
+            stability_ari,
+        })
     }
 
     fn refit(&mut self, p: &ClusterParams) -> Result<()> {
@@ -229,7 +232,15 @@ impl SourceClusters {
                     Some(c) if c.len() == k * d && p.warm_start => Init::Centres(c),
                     _ => Init::PlusPlus { seed: s.seed },
                 };
-                let fit = kmeans(&self.history, d, k, init, s.max_iter, s.kmeans_tol, s.threads)?;
+                let fit = kmeans(
+                    &self.history,
+                    d,
+                    k,
+                    init,
+                    s.max_iter,
+                    s.kmeans_tol,
+                    s.threads,
+                )?;
                 let inc = IncK::from_labels(&self.history, d, k, fit.centroids, fit.labels);
                 if self.inc.len() < k {
                     self.inc.push(inc);
@@ -261,7 +272,14 @@ mod tests {
 
     fn params(update: ClusterUpdate) -> ClusterParams {
         ClusterParams {
-            select: SelectKParams { k_max: 3, tol: 0.1, seed: 0, max_iter: 100, kmeans_tol: 1e-4, threads: 1 },
+            select: SelectKParams {
+                k_max: 3,
+                tol: 0.1,
+                seed: 0,
+                max_iter: 100,
+                kmeans_tol: 1e-4,
+                threads: 1,
+            },
             warm_start: true,
             update,
             window_steps: None,
@@ -299,8 +317,10 @@ mod tests {
         let mut a = SourceClusters::default();
         let mut b = SourceClusters::default();
         for step in 0..4 {
-            a.step(&batch(step), 4, &params(ClusterUpdate::Refit)).unwrap();
-            b.step(&batch(step), 4, &params(ClusterUpdate::Incremental)).unwrap();
+            a.step(&batch(step), 4, &params(ClusterUpdate::Refit))
+                .unwrap();
+            b.step(&batch(step), 4, &params(ClusterUpdate::Incremental))
+                .unwrap();
         }
         let la: Vec<i64> = a.labels.iter().map(|&v| v as i64).collect();
         let lb: Vec<i64> = b.labels.iter().map(|&v| v as i64).collect();

@@ -162,7 +162,13 @@ struct Cell {
 fn features<T: Real>(r: &[T], m: &Moments, feat: Features, out: &mut Vec<f32>) {
     let fill = if m.count > 0 { m.mean } else { 0.0 };
     let start = out.len();
-    out.extend(r.iter().map(|v| if v.is_nan() { fill as f32 } else { v.to_f64() as f32 }));
+    out.extend(r.iter().map(|v| {
+        if v.is_nan() {
+            fill as f32
+        } else {
+            v.to_f64() as f32
+        }
+    }));
     if feat == Features::Sorted {
         out[start..].sort_by(|a, b| a.total_cmp(b));
     }
@@ -189,14 +195,16 @@ impl FairAdvantage {
 
     /// Restores a state written by [`FairAdvantage::to_json`].
     pub fn from_json(s: &str) -> Result<Self> {
-        let mut fa: FairAdvantage =
-            serde_json::from_str(s).map_err(|e| CoreError::State(format!("not a FairAdvantage state: {e}")))?;
+        let mut fa: FairAdvantage = serde_json::from_str(s)
+            .map_err(|e| CoreError::State(format!("not a FairAdvantage state: {e}")))?;
         fa.config.validate()?;
         fa.sources.rebuild()?;
         fa.groups.rebuild()?;
         let ns = fa.sources.len();
         if fa.source_stats.len() != ns || fa.group_stats.len() != ns || fa.clusters.len() != ns {
-            return Err(CoreError::State("per-source tables do not match the source labels".into()));
+            return Err(CoreError::State(
+                "per-source tables do not match the source labels".into(),
+            ));
         }
         Ok(fa)
     }
@@ -289,7 +297,11 @@ impl FairAdvantage {
         self.step += 1;
 
         // --- pass 1: per-prompt moments and score sums ---
-        let bstd = if cfg.scale == Scale::Batch { batch_std(rewards, threads) } else { 0.0 };
+        let bstd = if cfg.scale == Scale::Batch {
+            batch_std(rewards, threads)
+        } else {
+            0.0
+        };
         let mut ps = vec![PromptStat::default(); p];
         map_chunks_mut(&mut ps, PROMPTS_PER_CHUNK, threads, |ci, chunk| {
             let q0 = ci * PROMPTS_PER_CHUNK;
@@ -303,12 +315,19 @@ impl FairAdvantage {
                 };
                 let (mut ssum, mut ssq, mut smax) = (0.0, 0.0, 0.0f64);
                 for &r in rq {
-                    let s = T::from_f64(score(r.to_f64(), m.mean, std, cfg.scale, cfg.score_eps)).to_f64();
+                    let s = T::from_f64(score(r.to_f64(), m.mean, std, cfg.scale, cfg.score_eps))
+                        .to_f64();
                     ssum += s;
                     ssq += s * s;
                     smax = smax.max(s.abs());
                 }
-                *st = PromptStat { m, std, ssum, ssq, smax };
+                *st = PromptStat {
+                    m,
+                    std,
+                    ssum,
+                    ssq,
+                    smax,
+                };
             }
         });
 
@@ -317,7 +336,11 @@ impl FairAdvantage {
         let mut grp_batch = vec![vec![RunStat::default(); ng]; ns];
         for q in 0..p {
             let s = sid[q] as usize;
-            let st = RunStat { n: 1.0, rsum: ps[q].m.sum, rcnt: ps[q].m.count as f64 };
+            let st = RunStat {
+                n: 1.0,
+                rsum: ps[q].m.sum,
+                rcnt: ps[q].m.count as f64,
+            };
             let b = &mut src_batch[s];
             b.n += 1.0;
             b.rsum += st.rsum;
@@ -329,10 +352,10 @@ impl FairAdvantage {
                 b.rcnt += st.rcnt;
             }
         }
-        for s in 0..ns {
-            self.source_stats[s].fold(&src_batch[s], cfg.stats, cfg.ema_decay);
-            for gg in 0..ng {
-                self.group_stats[s][gg].fold(&grp_batch[s][gg], cfg.stats, cfg.ema_decay);
+        for (s, run) in self.source_stats.iter_mut().enumerate() {
+            run.fold(&src_batch[s], cfg.stats, cfg.ema_decay);
+            for (run, b) in self.group_stats[s].iter_mut().zip(&grp_batch[s]) {
+                run.fold(b, cfg.stats, cfg.ema_decay);
             }
         }
 
@@ -342,14 +365,21 @@ impl FairAdvantage {
         let mut stability = vec![None; ns];
         let mut unl_batch = vec![0u64; ns];
         for s in 0..ns {
-            let idx: Vec<usize> = (0..p).filter(|&q| sid[q] as usize == s && gid[q] < 0).collect();
+            let idx: Vec<usize> = (0..p)
+                .filter(|&q| sid[q] as usize == s && gid[q] < 0)
+                .collect();
             unl_batch[s] = idx.len() as u64;
             if idx.is_empty() {
                 continue;
             }
             let mut rows = Vec::with_capacity(idx.len() * g);
             for &q in &idx {
-                features(&rewards[q * g..(q + 1) * g], &ps[q].m, cfg.features, &mut rows);
+                features(
+                    &rewards[q * g..(q + 1) * g],
+                    &ps[q].m,
+                    cfg.features,
+                    &mut rows,
+                );
             }
             let st = self.clusters[s].step(&rows, g, &cparams)?;
             stability[s] = st.stability_ari;
@@ -361,7 +391,8 @@ impl FairAdvantage {
         // --- step 4: cells and weights ---
         let mut cells: Vec<Cell> = Vec::new();
         let mut group_cell = vec![vec![u32::MAX; ng]; ns];
-        let mut cluster_cell: Vec<Vec<u32>> = self.clusters.iter().map(|c| vec![u32::MAX; c.k]).collect();
+        let mut cluster_cell: Vec<Vec<u32>> =
+            self.clusters.iter().map(|c| vec![u32::MAX; c.k]).collect();
         let mut cell_of = vec![0u32; p];
         for q in 0..p {
             let s = sid[q] as usize;
@@ -378,9 +409,23 @@ impl FairAdvantage {
                     let c = &self.clusters[s];
                     let j = clusters[q] as usize;
                     let mu = c.centre_mean(j);
-                    ("cluster", j as u32, RunStat { n: c.sizes[j] as f64, rsum: mu, rcnt: 1.0 })
+                    (
+                        "cluster",
+                        j as u32,
+                        RunStat {
+                            n: c.sizes[j] as f64,
+                            rsum: mu,
+                            rcnt: 1.0,
+                        },
+                    )
                 };
-                cells.push(Cell { source: s as u32, kind, label, run, batch: RunStat::default() });
+                cells.push(Cell {
+                    source: s as u32,
+                    kind,
+                    label,
+                    run,
+                    batch: RunStat::default(),
+                });
             }
             let c = &mut cells[*slot as usize];
             c.batch.n += 1.0;
@@ -407,7 +452,11 @@ impl FairAdvantage {
             })
             .collect();
         // factor per cell (faithful divides by it) or weight per cell (robust multiplies)
-        let factor: Vec<f64> = cells.iter().zip(&t_cell).map(|(c, t)| t_source[c.source as usize] * t).collect();
+        let factor: Vec<f64> = cells
+            .iter()
+            .zip(&t_cell)
+            .map(|(c, t)| t_source[c.source as usize] * t)
+            .collect();
         let cell_w: Vec<f64> = if robust {
             let raw: Vec<f64> = factor.iter().map(|f| 1.0 / f).collect();
             let counts: Vec<f64> = cells.iter().map(|c| c.batch.n).collect();
@@ -469,7 +518,14 @@ impl FairAdvantage {
                         *ov = T::ZERO;
                         continue;
                     }
-                    let s = T::from_f64(score(r.to_f64(), st.m.mean, st.std, cfg.scale, cfg.score_eps)).to_f64();
+                    let s = T::from_f64(score(
+                        r.to_f64(),
+                        st.m.mean,
+                        st.std,
+                        cfg.scale,
+                        cfg.score_eps,
+                    ))
+                    .to_f64();
                     let a = match faithful_div[q] {
                         Some(f) => s / f,
                         None => s * mult[q],
@@ -499,7 +555,11 @@ impl FairAdvantage {
         for (c, cell) in cells.iter().enumerate() {
             mass_src[cell.source as usize] += grad_mass[c];
             let sname = self.sources.name(cell.source);
-            let label = if cell.kind == "group" { self.groups.name(cell.label) } else { format!("cluster{}", cell.label) };
+            let label = if cell.kind == "group" {
+                self.groups.name(cell.label)
+            } else {
+                format!("cluster{}", cell.label)
+            };
             groups_out.push(CellReport {
                 name: format!("{sname}/{label}"),
                 source: sname,
@@ -533,7 +593,10 @@ impl FairAdvantage {
                     } else {
                         let a: Vec<i64> = pairs.iter().map(|x| x.0).collect();
                         let b: Vec<i64> = pairs.iter().map(|x| x.1).collect();
-                        (Some(adjusted_rand_index(&a, &b)), Some(normalized_mutual_info(&a, &b)))
+                        (
+                            Some(adjusted_rand_index(&a, &b)),
+                            Some(normalized_mutual_info(&a, &b)),
+                        )
                     }
                 }
                 _ => (None, None),
@@ -566,7 +629,11 @@ impl FairAdvantage {
             sources: sources_out,
             groups: groups_out,
         };
-        Ok(StepOutput { weights, clusters, report })
+        Ok(StepOutput {
+            weights,
+            clusters,
+            report,
+        })
     }
 }
 
@@ -633,7 +700,9 @@ mod tests {
     fn minority_and_hard_groups_weigh_more() {
         let mut f = fa("faithful");
         // source a: group x (3 prompts, easy), group y (1 prompt, hard)
-        let r = [1.0f64, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0];
+        let r = [
+            1.0f64, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0,
+        ];
         let src: Vec<Option<Key>> = vec![Some(Key::Str("a".into())); 4];
         let grp = [
             Some(Key::Str("x".into())),
@@ -642,7 +711,16 @@ mod tests {
             Some(Key::Str("y".into())),
         ];
         let mut out = vec![0.0; 12];
-        let o = f.step(&r, 3, Labels::Keys(&src), Labels::Keys(&grp), Labels::Absent, &mut out).unwrap();
+        let o = f
+            .step(
+                &r,
+                3,
+                Labels::Keys(&src),
+                Labels::Keys(&grp),
+                Labels::Absent,
+                &mut out,
+            )
+            .unwrap();
         assert!(o.weights[3] > o.weights[0]);
         assert_eq!(o.report.groups.len(), 2);
     }
@@ -651,16 +729,42 @@ mod tests {
     fn state_round_trips_and_resumes_bit_for_bit() {
         let mut a = fa("robust");
         let r: Vec<f32> = (0..64).map(|i| ((i * 37) % 5) as f32 / 4.0).collect();
-        let grp: Vec<i64> = (0..16).map(|i| if i % 3 == 0 { -1 } else { i % 2 }).collect();
+        let grp: Vec<i64> = (0..16)
+            .map(|i| if i % 3 == 0 { -1 } else { i % 2 })
+            .collect();
         let src: Vec<i64> = (0..16).map(|i| i % 2).collect();
         let mut out = vec![0.0f32; 64];
-        a.step(&r, 4, Labels::Ints(&src), Labels::Ints(&grp), Labels::Absent, &mut out).unwrap();
+        a.step(
+            &r,
+            4,
+            Labels::Ints(&src),
+            Labels::Ints(&grp),
+            Labels::Absent,
+            &mut out,
+        )
+        .unwrap();
         let mut b = FairAdvantage::from_json(&a.to_json().unwrap()).unwrap();
         assert_eq!(a, b);
         let mut oa = vec![0.0f32; 64];
         let mut ob = vec![0.0f32; 64];
-        a.step(&r, 4, Labels::Ints(&src), Labels::Ints(&grp), Labels::Absent, &mut oa).unwrap();
-        b.step(&r, 4, Labels::Ints(&src), Labels::Ints(&grp), Labels::Absent, &mut ob).unwrap();
+        a.step(
+            &r,
+            4,
+            Labels::Ints(&src),
+            Labels::Ints(&grp),
+            Labels::Absent,
+            &mut oa,
+        )
+        .unwrap();
+        b.step(
+            &r,
+            4,
+            Labels::Ints(&src),
+            Labels::Ints(&grp),
+            Labels::Absent,
+            &mut ob,
+        )
+        .unwrap();
         assert_eq!(oa, ob);
     }
 
@@ -669,10 +773,24 @@ mod tests {
         let mut f = fa("faithful");
         let before = f.clone();
         let mut out = vec![0.0f64; 4];
-        let e = f.step(&[1.0, 0.0, 1.0, 0.0], 2, Labels::Ints(&[0, 1]), Labels::Ints(&[0, 1, 2]), Labels::Absent, &mut out);
+        let e = f.step(
+            &[1.0, 0.0, 1.0, 0.0],
+            2,
+            Labels::Ints(&[0, 1]),
+            Labels::Ints(&[0, 1, 2]),
+            Labels::Absent,
+            &mut out,
+        );
         assert!(e.unwrap_err().to_string().contains("groups"));
         assert_eq!(f, before);
-        let e = f.step(&[1.0, 0.0, 1.0, 0.0], 2, Labels::Ints(&[0, -1]), Labels::Absent, Labels::Absent, &mut out);
+        let e = f.step(
+            &[1.0, 0.0, 1.0, 0.0],
+            2,
+            Labels::Ints(&[0, -1]),
+            Labels::Absent,
+            Labels::Absent,
+            &mut out,
+        );
         assert!(e.unwrap_err().to_string().contains("sources"));
         assert_eq!(f, before);
     }

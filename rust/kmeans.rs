@@ -75,7 +75,10 @@ pub(crate) fn check_data<T: Real>(x: &[T], d: usize) -> Result<usize> {
         return Err(CoreError::shape("x", "must have at least one column"));
     }
     if x.is_empty() || x.len() % d != 0 {
-        return Err(CoreError::shape("x", "must be a non-empty 2-D array (n_rows, n_features)"));
+        return Err(CoreError::shape(
+            "x",
+            "must be a non-empty 2-D array (n_rows, n_features)",
+        ));
     }
     if let Some(i) = first_non_finite(x) {
         return Err(CoreError::NonFinite { arg: "x", index: i });
@@ -201,7 +204,11 @@ pub fn lloyd<T: Real>(
     check_centres(&centres, d)?;
     check_iter_tol(max_iter, tol)?;
     let k = centres.len() / d;
-    let tol_abs = if tol > 0.0 { tol * mean_column_variance(x, d, threads) } else { 0.0 };
+    let tol_abs = if tol > 0.0 {
+        tol * mean_column_variance(x, d, threads)
+    } else {
+        0.0
+    };
     let mut labels = vec![u32::MAX; n];
     let mut n_iter = 0;
     let mut strict = false;
@@ -233,7 +240,13 @@ pub fn lloyd<T: Real>(
         (true, Some(p)) => p,
         _ => assign(x, d, &centres, &mut labels, threads, false),
     };
-    Ok(KMeansResult { labels, centroids: centres, sizes: p.counts, inertia: p.inertia, n_iter })
+    Ok(KMeansResult {
+        labels,
+        centroids: centres,
+        sizes: p.counts,
+        inertia: p.inertia,
+        n_iter,
+    })
 }
 
 fn check_centres(c: &[f64], d: usize) -> Result<()> {
@@ -244,7 +257,10 @@ fn check_centres(c: &[f64], d: usize) -> Result<()> {
         ));
     }
     if let Some(i) = c.iter().position(|v| !v.is_finite()) {
-        return Err(CoreError::NonFinite { arg: "init", index: i });
+        return Err(CoreError::NonFinite {
+            arg: "init",
+            index: i,
+        });
     }
     Ok(())
 }
@@ -254,7 +270,10 @@ fn check_iter_tol(max_iter: usize, tol: f64) -> Result<()> {
         return Err(CoreError::value("max_iter", "must be >= 1, got 0"));
     }
     if !(tol.is_finite() && tol >= 0.0) {
-        return Err(CoreError::value("tol", format!("must be finite and >= 0, got {tol}")));
+        return Err(CoreError::value(
+            "tol",
+            format!("must be finite and >= 0, got {tol}"),
+        ));
     }
     Ok(())
 }
@@ -262,7 +281,9 @@ fn check_iter_tol(max_iter: usize, tol: f64) -> Result<()> {
 /// Per-chunk sums of `closest`, each summed sequentially inside its chunk.
 fn chunk_sums(closest: &[f64], threads: usize) -> Vec<f64> {
     map_chunks(closest.len().div_ceil(CHUNK), threads, |c| {
-        closest[c * CHUNK..((c + 1) * CHUNK).min(closest.len())].iter().sum()
+        closest[c * CHUNK..((c + 1) * CHUNK).min(closest.len())]
+            .iter()
+            .sum()
     })
 }
 
@@ -272,7 +293,10 @@ fn sample_index(closest: &[f64], sums: &[f64], r: f64) -> usize {
     for (c, s) in sums.iter().enumerate() {
         if cum + s > r {
             let base = c * CHUNK;
-            for (i, v) in closest[base..(base + CHUNK).min(closest.len())].iter().enumerate() {
+            for (i, v) in closest[base..(base + CHUNK).min(closest.len())]
+                .iter()
+                .enumerate()
+            {
                 cum += v;
                 if cum > r {
                     return base + i;
@@ -287,7 +311,13 @@ fn sample_index(closest: &[f64], sums: &[f64], r: f64) -> usize {
 }
 
 /// Seeded greedy k-means++: `k * d` initial centres (f64, row-major).
-pub fn kmeans_plusplus<T: Real>(x: &[T], d: usize, k: usize, seed: u64, threads: usize) -> Result<Vec<f64>> {
+pub fn kmeans_plusplus<T: Real>(
+    x: &[T],
+    d: usize,
+    k: usize,
+    seed: u64,
+    threads: usize,
+) -> Result<Vec<f64>> {
     let n = check_data(x, d)?;
     if k == 0 {
         return Err(CoreError::value("k", "must be >= 1, got 0"));
@@ -328,8 +358,8 @@ pub fn kmeans_plusplus<T: Real>(x: &[T], d: usize, k: usize, seed: u64, threads:
             let mut p = vec![0.0f64; n_trials];
             for (t, cr) in cand_rows.iter().enumerate() {
                 let mut s = 0.0;
-                for i in lo..hi {
-                    s += closest[i].min(dist2(row(i), cr).to_f64());
+                for (i, c) in closest[lo..hi].iter().enumerate() {
+                    s += c.min(dist2(row(lo + i), cr).to_f64());
                 }
                 p[t] = s;
             }
@@ -395,7 +425,10 @@ pub fn kmeans<T: Real>(
 pub fn count_distinct_rows<T: Real>(x: &[T], d: usize, limit: usize) -> usize {
     let mut seen: Vec<&[T]> = Vec::new();
     for row in x.chunks_exact(d) {
-        if !seen.iter().any(|s| s.iter().zip(row).all(|(a, b)| a.to_f64().to_bits() == b.to_f64().to_bits())) {
+        if !seen
+            .iter()
+            .any(|s| s.iter().zip(row).all(|(a, b)| a.to_f64() == b.to_f64()))
+        {
             seen.push(row);
             if seen.len() >= limit {
                 break;
@@ -462,7 +495,16 @@ mod tests {
     #[test]
     fn bad_input_is_an_error() {
         assert!(kmeans(&[0.0f64; 4], 2, 0, Init::PlusPlus { seed: 0 }, 10, 0.0, 1).is_err());
-        assert!(kmeans(&[f64::NAN, 0.0], 2, 1, Init::PlusPlus { seed: 0 }, 10, 0.0, 1).is_err());
+        assert!(kmeans(
+            &[f64::NAN, 0.0],
+            2,
+            1,
+            Init::PlusPlus { seed: 0 },
+            10,
+            0.0,
+            1
+        )
+        .is_err());
         assert!(kmeans(&[0.0f64; 3], 2, 1, Init::PlusPlus { seed: 0 }, 10, 0.0, 1).is_err());
         assert!(kmeans(&[0.0f64; 4], 2, 2, Init::Centres(&[0.0; 2]), 10, 0.0, 1).is_err());
         assert!(kmeans(&[0.0f64; 4], 2, 1, Init::PlusPlus { seed: 0 }, 0, 0.0, 1).is_err());

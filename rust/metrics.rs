@@ -3,7 +3,13 @@
 
 use std::collections::HashMap;
 
-fn contingency(a: &[i64], b: &[i64]) -> (HashMap<(i64, i64), f64>, HashMap<i64, f64>, HashMap<i64, f64>) {
+type Contingency = (
+    HashMap<(i64, i64), f64>,
+    HashMap<i64, f64>,
+    HashMap<i64, f64>,
+);
+
+fn contingency(a: &[i64], b: &[i64]) -> Contingency {
     let mut nij = HashMap::new();
     let mut ai = HashMap::new();
     let mut bj = HashMap::new();
@@ -21,7 +27,7 @@ fn comb2(n: f64) -> f64 {
 
 fn sorted_values<K: Ord + Copy>(m: &HashMap<K, f64>) -> Vec<f64> {
     let mut kv: Vec<(K, f64)> = m.iter().map(|(k, v)| (*k, *v)).collect();
-    kv.sort_by(|x, y| x.0.cmp(&y.0));
+    kv.sort_by_key(|x| x.0);
     kv.into_iter().map(|(_, v)| v).collect()
 }
 
@@ -46,7 +52,11 @@ pub fn adjusted_rand_index(a: &[i64], b: &[i64]) -> f64 {
 }
 
 fn entropy(counts: &[f64], n: f64) -> f64 {
-    counts.iter().filter(|&&c| c > 0.0).map(|&c| -(c / n) * (c / n).ln()).sum()
+    counts
+        .iter()
+        .filter(|&&c| c > 0.0)
+        .map(|&c| -(c / n) * (c / n).ln())
+        .sum()
 }
 
 /// Normalised mutual information (arithmetic normalisation); 1 when both labelings are a

@@ -1,9 +1,26 @@
 """Type stubs of the compiled module ``fairgrpo._core`` (checked by ``mypy.stubtest``)."""
 
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "FairCore",
+    "FairGRPOError",
+    "KMeansResult",
+    "NonFiniteError",
+    "OptionError",
+    "ShapeError",
+    "StateError",
+    "__version__",
+    "adjusted_rand_index",
+    "group_advantages",
+    "kmeans",
+    "kmeans_plusplus",
+    "normalized_mutual_info",
+    "select_k",
+]
 
 __version__: str
 
@@ -13,6 +30,7 @@ class OptionError(FairGRPOError): ...
 class NonFiniteError(FairGRPOError): ...
 class StateError(FairGRPOError): ...
 
+@final
 class KMeansResult:
     @property
     def labels(self) -> npt.NDArray[np.int64]: ...
@@ -56,6 +74,7 @@ def select_k(
 def adjusted_rand_index(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> float: ...
 def normalized_mutual_info(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> float: ...
 
+@final
 class FairCore:
     def __new__(cls, config_json: str) -> FairCore: ...
     def config_json(self) -> str: ...

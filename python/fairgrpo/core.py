@@ -85,7 +85,9 @@ def group_advantages(
     shape = a.shape
     if a.ndim == 2:
         if a.shape[1] != group_size:
-            raise ShapeError(f"`rewards`: shape {a.shape} has {a.shape[1]} columns but group_size={group_size}")
+            raise ShapeError(
+                f"`rewards`: shape {a.shape} has {a.shape[1]} columns but group_size={group_size}"
+            )
         a = a.reshape(-1)
     r = _floats(a, "rewards", 1)
     _check_group_size(group_size)
@@ -259,7 +261,14 @@ def _preset_config(preset: str) -> dict[str, Any]:
     }
     if preset == "faithful":
         return faithful
-    return {**faithful, "weighting": "robust", "features": "sorted", "warm_start": True, "mu_floor": 0.05, "w_cap": 5.0}
+    return {
+        **faithful,
+        "weighting": "robust",
+        "features": "sorted",
+        "warm_start": True,
+        "mu_floor": 0.05,
+        "w_cap": 5.0,
+    }
 
 
 def _labels(x: Any, arg: str) -> Any:
@@ -428,5 +437,3 @@ class FairAdvantage:
 
     def __repr__(self) -> str:
         return f"FairAdvantage(preset={self.preset!r}, step={self.step_count})"
-
-

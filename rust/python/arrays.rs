@@ -28,7 +28,9 @@ pub enum LabelsArg<'py> {
 }
 
 pub fn labels_arg<'py>(obj: Option<&Bound<'py, PyAny>>, arg: &str) -> PyResult<LabelsArg<'py>> {
-    let Some(obj) = obj else { return Ok(LabelsArg::Absent) };
+    let Some(obj) = obj else {
+        return Ok(LabelsArg::Absent);
+    };
     if obj.is_none() {
         return Ok(LabelsArg::Absent);
     }
@@ -59,7 +61,10 @@ pub fn labels_arg<'py>(obj: Option<&Bound<'py, PyAny>>, arg: &str) -> PyResult<L
     Ok(LabelsArg::Keys(keys))
 }
 
-pub fn contiguous<'a, T: numpy::Element>(a: &'a numpy::PyReadonlyArray<'_, T, impl numpy::ndarray::Dimension>, arg: &str) -> PyResult<&'a [T]> {
+pub fn contiguous<'a, T: numpy::Element>(
+    a: &'a numpy::PyReadonlyArray<'_, T, impl numpy::ndarray::Dimension>,
+    arg: &str,
+) -> PyResult<&'a [T]> {
     a.as_slice().map_err(|_| {
         super::errors::ShapeError::new_err(format!(
             "`{arg}` must be C-contiguous (pass numpy.ascontiguousarray({arg}))"

@@ -11,15 +11,30 @@ create_exception!(
     PyValueError,
     "Base class of every error FairGRPO raises (a ValueError)."
 );
-create_exception!(fairgrpo, ShapeError, FairGRPOError, "An argument has the wrong shape or length.");
-create_exception!(fairgrpo, OptionError, FairGRPOError, "An argument or option has an invalid value or name.");
+create_exception!(
+    fairgrpo,
+    ShapeError,
+    FairGRPOError,
+    "An argument has the wrong shape or length."
+);
+create_exception!(
+    fairgrpo,
+    OptionError,
+    FairGRPOError,
+    "An argument or option has an invalid value or name."
+);
 create_exception!(
     fairgrpo,
     NonFiniteError,
     FairGRPOError,
     "An argument holds NaN or infinity where only finite numbers are allowed."
 );
-create_exception!(fairgrpo, StateError, FairGRPOError, "A saved FairAdvantage state could not be restored.");
+create_exception!(
+    fairgrpo,
+    StateError,
+    FairGRPOError,
+    "A saved FairAdvantage state could not be restored."
+);
 
 impl From<CoreError> for PyErr {
     fn from(e: CoreError) -> PyErr {

@@ -11,6 +11,14 @@ use crate::real::Real;
 use numpy::IntoPyArray;
 use pyo3::prelude::*;
 
+/// `(advantages, weights, clusters, report_json)` of one step.
+type StepResult<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    String,
+);
+
 /// Stateful FairGRPO advantages (see ``fairgrpo.FairAdvantage`` for the documented API).
 #[pyclass(module = "fairgrpo._core", name = "FairCore")]
 pub struct FairCore {
@@ -30,14 +38,17 @@ impl FairCore {
     /// Creates the state from a JSON object of options (every field of the config).
     #[new]
     fn new(config_json: &str) -> PyResult<Self> {
-        let config: FairConfig =
-            serde_json::from_str(config_json).map_err(|e| CoreError::value("config", e.to_string()))?;
-        Ok(FairCore { inner: FairAdvantage::new(config)? })
+        let config: FairConfig = serde_json::from_str(config_json)
+            .map_err(|e| CoreError::value("config", e.to_string()))?;
+        Ok(FairCore {
+            inner: FairAdvantage::new(config)?,
+        })
     }
 
     /// The options, as JSON.
     fn config_json(&self) -> PyResult<String> {
-        serde_json::to_string(&self.inner.config).map_err(|e| CoreError::State(e.to_string()).into())
+        serde_json::to_string(&self.inner.config)
+            .map_err(|e| CoreError::State(e.to_string()).into())
     }
 
     /// The whole state, as JSON (floats round-trip exactly).
@@ -48,7 +59,9 @@ impl FairCore {
     /// Restores a state written by ``state_json``.
     #[staticmethod]
     fn from_state_json(state: &str) -> PyResult<Self> {
-        Ok(FairCore { inner: FairAdvantage::from_json(state)? })
+        Ok(FairCore {
+            inner: FairAdvantage::from_json(state)?,
+        })
     }
 
     /// Steps taken so far.
@@ -67,11 +80,15 @@ impl FairCore {
         sources: Option<&Bound<'py, PyAny>>,
         groups: Option<&Bound<'py, PyAny>>,
         true_groups: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>, String)> {
+    ) -> PyResult<StepResult<'py>> {
         let s = labels_arg(sources, "sources")?;
         let g = labels_arg(groups, "groups")?;
         let t = labels_arg(true_groups, "true_groups")?;
-        let (ls, lg, lt) = (as_labels(&s, "sources")?, as_labels(&g, "groups")?, as_labels(&t, "true_groups")?);
+        let (ls, lg, lt) = (
+            as_labels(&s, "sources")?,
+            as_labels(&g, "groups")?,
+            as_labels(&t, "true_groups")?,
+        );
         let inner = &mut self.inner;
         fn run<T: Real>(
             fa: &mut FairAdvantage,
@@ -83,7 +100,8 @@ impl FairCore {
         ) -> crate::Result<(Vec<T>, StepOutput, String)> {
             let mut out = vec![T::ZERO; r.len()];
             let o = fa.step(r, gs, ls, lg, lt, &mut out)?;
-            let json = serde_json::to_string(&o.report).map_err(|e| CoreError::State(e.to_string()))?;
+            let json =
+                serde_json::to_string(&o.report).map_err(|e| CoreError::State(e.to_string()))?;
             Ok((out, o, json))
         }
         let (adv, o, json) = match &rewards {
@@ -103,4 +121,3 @@ impl FairCore {
         Ok((adv, w, c.into_pyarray(py).into_any(), json))
     }
 }
-

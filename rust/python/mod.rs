@@ -18,8 +18,8 @@ mod _core {
     use super::fair::FairCore;
     #[pymodule_export]
     use super::functions::{
-        adjusted_rand_index, group_advantages, kmeans_plusplus, kmeans_py, normalized_mutual_info, select_k_py,
-        KMeansResult,
+        adjusted_rand_index, group_advantages, kmeans_plusplus, kmeans_py, normalized_mutual_info,
+        select_k_py, KMeansResult,
     };
 
     #[pymodule_init]

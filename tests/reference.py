@@ -1,0 +1,569 @@
+"""A readable numpy implementation of FairGRPO's maths: the executable spec of the Rust core.
+
+Follows ALGORITHM.md §2 step by step, with the core's documented conventions spelled out
+(summation order, chunking, tie-breaking, the empty-cluster rule, the seeded generator), so
+that the parity tests can compare the two implementations value for value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+CHUNK = 4096  # rows per chunk of every chunked pass (rust/pool.rs)
+PROMPTS_PER_CHUNK = 2048
+MASK64 = (1 << 64) - 1
+
+
+# ----------------------------------------------------------------------------- step 1: GRPO score
+
+
+def moments(r: np.ndarray) -> tuple[float, int, float, float]:
+    """(sum, count, nanmean, Bessel nanstd) of one prompt's rewards, sequential sums."""
+    ok = r[~np.isnan(r)].astype(np.float64)
+    s = 0.0
+    for v in ok:
+        s += v
+    n = len(ok)
+    mean = s / n if n else math.nan
+    ss = 0.0
+    for v in ok:
+        ss += (v - mean) ** 2
+    std = math.sqrt(ss / (n - 1)) if n > 1 else math.nan
+    return s, n, mean, std
+
+
+def score(r: float, mean: float, std: float, scale: str, eps: float) -> float:
+    a = r - mean
+    if scale != "none":
+        a = a / (std + eps)
+    return 0.0 if math.isnan(a) else a
+
+
+def batch_std(r: np.ndarray) -> float:
+    if len(r) <= 1:
+        return 0.0
+    s, n = 0.0, 0
+    for c in range(0, len(r), CHUNK):
+        cs, cn, _, _ = moments(r[c : c + CHUNK])
+        s += cs
+        n += cn
+    if n <= 1:
+        return math.nan
+    mean = s / n
+    ss = 0.0
+    for c in range(0, len(r), CHUNK):
+        part = 0.0
+        for v in r[c : c + CHUNK]:
+            if not math.isnan(v):
+                part += (float(v) - mean) ** 2
+        ss += part
+    return math.sqrt(ss / (n - 1))
+
+
+def group_advantages(
+    rewards: np.ndarray, group_size: int, scale: str = "group", eps: float = 1e-4
+) -> np.ndarray:
+    """TRL 1.16 GRPOTrainer's advantages (nanmean / Bessel nanstd, NaN -> 0)."""
+    g = group_size
+    out = np.zeros_like(rewards)
+    bstd = batch_std(rewards) if scale == "batch" else 0.0
+    for q in range(len(rewards) // g):
+        rq = rewards[q * g : (q + 1) * g]
+        _, _, mean, std = moments(rq)
+        if scale == "batch":
+            std = bstd
+        elif g == 1:
+            std = 0.0
+        for i, v in enumerate(rq):
+            out[q * g + i] = score(float(v), mean, std, scale, eps)
+    return out
+
+
+# ----------------------------------------------------------------------------- K-means
+
+
+class SplitMix64:
+    def __init__(self, seed: int) -> None:
+        self.state = seed & MASK64
+
+    def next_u64(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        return z ^ (z >> 31)
+
+    def uniform(self) -> float:
+        return (self.next_u64() >> 11) * (1.0 / (1 << 53))
+
+    def below(self, n: int) -> int:
+        return (self.next_u64() * n) >> 64
+
+
+def dist2(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Squared distances of rows of x to one centre, in x's precision, summed in feature order."""
+    c = c.astype(x.dtype)
+    acc = np.zeros(x.shape[0], dtype=x.dtype)
+    for j in range(x.shape[1]):
+        e = x[:, j] - c[j]
+        acc = acc + e * e
+    return acc
+
+
+def seq_sum(v: np.ndarray) -> float:
+    """Left-to-right f64 sum (np.cumsum is sequential)."""
+    return float(np.cumsum(v.astype(np.float64))[-1]) if len(v) else 0.0
+
+
+def chunked_sum(v: np.ndarray) -> float:
+    total = 0.0
+    for c in range(0, len(v), CHUNK):
+        total += seq_sum(v[c : c + CHUNK])
+    return total
+
+
+def kmeans_plusplus(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Seeded greedy k-means++ (2 + floor(ln k) candidates per centre)."""
+    n, _ = x.shape
+    rng = SplitMix64(seed)
+    trials = 2 + math.floor(math.log(k))
+    first = rng.below(n)
+    centres = [x[first].astype(np.float64)]
+    closest = dist2(x, x[first]).astype(np.float64)
+    sums = [seq_sum(closest[c : c + CHUNK]) for c in range(0, n, CHUNK)]
+    pot = 0.0
+    for s in sums:
+        pot += s
+    for _ in range(1, k):
+        if not pot > 0:
+            while len(centres) < k:
+                centres.append(centres[0].copy())
+            break
+        cands = []
+        for _ in range(trials):
+            r = rng.uniform() * pot
+            cands.append(_sample(closest, sums, r))
+        pots = []
+        for i in cands:
+            d = np.minimum(closest, dist2(x, x[i]).astype(np.float64))
+            pots.append(chunked_sum(d))
+        best = int(np.argmin(pots))
+        closest = np.minimum(closest, dist2(x, x[cands[best]]).astype(np.float64))
+        sums = [seq_sum(closest[c : c + CHUNK]) for c in range(0, n, CHUNK)]
+        pot = 0.0
+        for s in sums:
+            pot += s
+        centres.append(x[cands[best]].astype(np.float64))
+    return np.array(centres)
+
+
+def _sample(closest: np.ndarray, sums: list[float], r: float) -> int:
+    cum = 0.0
+    for c, s in enumerate(sums):
+        if cum + s > r:
+            for i, v in enumerate(closest[c * CHUNK : (c + 1) * CHUNK]):
+                cum += v
+                if cum > r:
+                    return c * CHUNK + i
+            break
+        cum += s
+    pos = np.nonzero(closest > 0)[0]
+    return int(pos[-1]) if len(pos) else 0
+
+
+def _assign(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre (lowest index on ties) and the distance, in x's precision."""
+    d = np.stack([dist2(x, c) for c in centres], axis=1)
+    best = np.full(x.shape[0], np.finfo(x.dtype).max, dtype=x.dtype)
+    lab = np.zeros(x.shape[0], dtype=np.int64)
+    for j in range(len(centres)):
+        better = d[:, j] < best
+        best = np.where(better, d[:, j], best)
+        lab = np.where(better, j, lab)
+    return lab, best
+
+
+def _chunked_cluster_sums(x: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    d = x.shape[1]
+    sums = np.zeros((k, d))
+    counts = np.zeros(k, dtype=np.int64)
+    for c in range(0, len(x), CHUNK):
+        xs, ls = x[c : c + CHUNK].astype(np.float64), lab[c : c + CHUNK]
+        for j in range(k):
+            m = ls == j
+            counts[j] += int(m.sum())
+            if m.any():
+                sums[j] = sums[j] + np.cumsum(xs[m], axis=0)[-1]
+    return sums, counts
+
+
+def mean_column_variance(x: np.ndarray) -> float:
+    n, d = x.shape
+    xs = x.astype(np.float64)
+    tot = np.zeros(d)
+    for c in range(0, n, CHUNK):
+        tot = tot + np.cumsum(xs[c : c + CHUNK], axis=0)[-1]
+    mean = tot / n
+    sq = np.zeros(d)
+    for c in range(0, n, CHUNK):
+        sq = sq + np.cumsum((xs[c : c + CHUNK] - mean) ** 2, axis=0)[-1]
+    out = 0.0
+    for v in sq:
+        out += v / n
+    return out / d
+
+
+@dataclass
+class KMeansRef:
+    labels: np.ndarray
+    centroids: np.ndarray
+    sizes: np.ndarray
+    inertia: float
+    n_iter: int
+
+
+def lloyd(x: np.ndarray, centres: np.ndarray, max_iter: int = 300, tol: float = 1e-4) -> KMeansRef:
+    """Lloyd iterations with the core's stopping and empty-cluster rules."""
+    centres = np.array(centres, dtype=np.float64)
+    k = len(centres)
+    tol_abs = tol * mean_column_variance(x) if tol > 0 else 0.0
+    labels = np.full(len(x), -1)
+    n_iter, strict = 0, False
+    for it in range(max_iter):
+        new_lab, _ = _assign(x, centres)
+        changed = int((new_lab != labels).sum())
+        labels = new_lab
+        sums, counts = _chunked_cluster_sums(x, labels, k)
+        n_iter = it + 1
+        shift = 0.0
+        for j in range(k):
+            if counts[j] > 0:
+                for t in range(x.shape[1]):
+                    new = sums[j, t] / counts[j]
+                    shift += (new - centres[j, t]) ** 2
+                    centres[j, t] = new
+        if changed == 0:
+            strict = True
+            break
+        if shift <= tol_abs:
+            break
+    if not strict:
+        labels, _ = _assign(x, centres)
+    _, dist = _assign(x, centres)
+    inertia = chunked_sum(dist.astype(np.float64))
+    sizes = np.bincount(labels, minlength=k)
+    return KMeansRef(labels, centres, sizes, inertia, n_iter)
+
+
+def kmeans(
+    x: np.ndarray, k: int, init: Any = "k-means++", seed: int = 0, max_iter: int = 300, tol: float = 1e-4
+):
+    c = kmeans_plusplus(x, k, seed) if isinstance(init, str) else np.asarray(init, dtype=np.float64)
+    return lloyd(x, c, max_iter, tol)
+
+
+def count_distinct(x: np.ndarray, limit: int) -> int:
+    seen: set[tuple[float, ...]] = set()
+    for row in x:
+        seen.add(tuple(float(v) for v in row))
+        if len(seen) >= limit:
+            break
+    return len(seen)
+
+
+def elbow(inertias: list[float], tol: float) -> int:
+    """First k >= 2 with D_k < tol * D_(k-1), where D_k = I_k - I_(k+1); else the largest k."""
+    for k in range(2, len(inertias)):
+        if inertias[k - 1] - inertias[k] < tol * (inertias[k - 2] - inertias[k - 1]):
+            return k
+    return max(len(inertias), 1)
+
+
+def select_k(
+    x: np.ndarray,
+    k_max: int = 3,
+    tol: float = 0.1,
+    seed: int = 0,
+    max_iter: int = 300,
+    kmeans_tol: float = 1e-4,
+    warm: list[np.ndarray] | None = None,
+):
+    k_eff = max(count_distinct(x, k_max), 1)
+    fits = []
+    for k in range(1, k_eff + 1):
+        w = warm[k - 1] if warm is not None and len(warm) >= k and warm[k - 1].shape[0] == k else None
+        fits.append(kmeans(x, k, "k-means++" if w is None else w, seed, max_iter, kmeans_tol))
+    inertias = [f.inertia for f in fits]
+    k = elbow(inertias, tol)
+    return k, fits[k - 1], inertias, [f.centroids.copy() for f in fits]
+
+
+# ----------------------------------------------------------------------------- steps 2-5: FairAdvantage
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "faithful": dict(
+        weighting="faithful",
+        stats="cumulative",
+        ema_decay=0.9,
+        scale="group",
+        eps=1e-4,
+        use_groups=True,
+        features="raw",
+        k_max=3,
+        tol=0.1,
+        warm_start=False,
+        seed=0,
+        max_iter=300,
+        kmeans_tol=1e-4,
+        renorm="std",
+        renorm_eps=1e-6,
+        t_floor=1e-6,
+        mu_floor=0.0,
+        w_cap=None,
+    ),
+}
+PRESETS["robust"] = {
+    **PRESETS["faithful"],
+    "weighting": "robust",
+    "features": "sorted",
+    "warm_start": True,
+    "mu_floor": 0.05,
+    "w_cap": 5.0,
+}
+
+
+def water_fill(raw: list[float], counts: list[float], cap: float | None) -> list[float]:
+    """Scale so the count-weighted mean is 1, capping the largest at `cap`."""
+    total = 0.0
+    for c in counts:
+        total += c
+    mass = 0.0
+    for w, n in zip(raw, counts, strict=True):
+        mass += w * n
+    if total <= 0 or not raw:
+        return list(raw)
+    if cap is None:
+        lam = total / mass
+        return [w * lam for w in raw]
+    order = sorted(range(len(raw)), key=lambda i: (-raw[i], i))
+    capped_n, rest = 0.0, mass
+    for j in range(len(order) + 1):
+        if j > 0:
+            c = order[j - 1]
+            capped_n += counts[c]
+            rest -= raw[c] * counts[c]
+        if j == len(order) or rest <= 0:
+            break
+        lam = (total - cap * capped_n) / rest
+        if lam * raw[order[j]] <= cap * (1 + 1e-12):
+            return [min(w * lam, cap) for w in raw]
+    return [min(cap, max(1.0, cap)) for _ in raw]
+
+
+@dataclass
+class _Run:
+    n: float = 0.0
+    rsum: float = 0.0
+    rcnt: float = 0.0
+
+    def mean(self) -> float:
+        return self.rsum / self.rcnt if self.rcnt > 0 else math.nan
+
+    def fold(self, b: _Run, mode: str, decay: float) -> None:
+        if mode == "cumulative":
+            self.n += b.n
+            self.rsum += b.rsum
+            self.rcnt += b.rcnt
+        elif mode == "ema":
+            self.n = decay * self.n + b.n
+            self.rsum = decay * self.rsum + b.rsum
+            self.rcnt = decay * self.rcnt + b.rcnt
+        else:
+            self.n, self.rsum, self.rcnt = b.n, b.rsum, b.rcnt
+
+
+@dataclass
+class _Src:
+    history: list[np.ndarray] = field(default_factory=list)  # one (b, G) f32 block per kept step
+    labels: np.ndarray | None = None
+    centroids: np.ndarray | None = None
+    sizes: np.ndarray | None = None
+    warm: list[np.ndarray] | None = None
+
+
+class RefFair:
+    """FairAdvantage in plain numpy (refit clustering only)."""
+
+    def __init__(self, preset: str = "robust", **opts: Any) -> None:
+        self.c = {**PRESETS[preset], **opts}
+        self.sources: dict[Any, int] = {}
+        self.groups: dict[Any, int] = {}
+        self.src_stats: dict[int, _Run] = {}
+        self.grp_stats: dict[tuple[int, int], _Run] = {}
+        self.clusters: dict[int, _Src] = {}
+
+    def _window(self) -> int | None:
+        if self.c["stats"] == "cumulative":
+            return None
+        if self.c["stats"] == "batch":
+            return 1
+        return math.ceil(1 / (1 - self.c["ema_decay"]) - 1e-9)
+
+    def __call__(self, rewards: np.ndarray, group_size: int, sources: list, groups: list | None):
+        c, g = self.c, group_size
+        p = len(rewards) // g
+        dtype = rewards.dtype.type
+        sid = [self.sources.setdefault(s, len(self.sources)) for s in sources]
+        gid = []
+        for x in groups if groups is not None else [None] * p:
+            if x is None or x == -1 or not c["use_groups"]:
+                gid.append(-1)
+            else:
+                gid.append(self.groups.setdefault(x, len(self.groups)))
+        bstd = batch_std(rewards) if c["scale"] == "batch" else 0.0
+        ps = []
+        for q in range(p):
+            rq = rewards[q * g : (q + 1) * g]
+            s_, n_, mean, std = moments(rq)
+            std = bstd if c["scale"] == "batch" else (0.0 if g == 1 else std)
+            ss, sq, smax = 0.0, 0.0, 0.0
+            for v in rq:
+                s = float(dtype(score(float(v), mean, std, c["scale"], c["eps"])))
+                ss += s
+                sq += s * s
+                smax = max(smax, abs(s))
+            ps.append(dict(sum=s_, count=n_, mean=mean, std=std, ssum=ss, ssq=sq, smax=smax))
+        # step 2: statistics, batch first, then read
+        sb: dict[int, _Run] = {}
+        gb: dict[tuple[int, int], _Run] = {}
+        for q in range(p):
+            b = sb.setdefault(sid[q], _Run())
+            b.n += 1
+            b.rsum += ps[q]["sum"]
+            b.rcnt += ps[q]["count"]
+            if gid[q] >= 0:
+                b = gb.setdefault((sid[q], gid[q]), _Run())
+                b.n += 1
+                b.rsum += ps[q]["sum"]
+                b.rcnt += ps[q]["count"]
+        for s in range(len(self.sources)):
+            self.src_stats.setdefault(s, _Run()).fold(sb.get(s, _Run()), c["stats"], c["ema_decay"])
+            for gg in range(len(self.groups)):
+                self.grp_stats.setdefault((s, gg), _Run()).fold(
+                    gb.get((s, gg), _Run()), c["stats"], c["ema_decay"]
+                )
+        # step 3: implicit groups
+        clusters = [-1] * p
+        for s in range(len(self.sources)):
+            idx = [q for q in range(p) if sid[q] == s and gid[q] < 0]
+            if not idx:
+                continue
+            rows = []
+            for q in idx:
+                fill = ps[q]["mean"] if ps[q]["count"] > 0 else 0.0
+                rq = rewards[q * g : (q + 1) * g]
+                f = np.array(
+                    [np.float32(fill) if math.isnan(v) else np.float32(float(v)) for v in rq], np.float32
+                )
+                rows.append(np.sort(f) if c["features"] == "sorted" else f)
+            st = self.clusters.setdefault(s, _Src())
+            st.history.append(np.array(rows, dtype=np.float32))
+            w = self._window()
+            if w is not None:
+                st.history = st.history[-w:]
+            hist = np.concatenate(st.history)
+            _k, res, _, allc = select_k(
+                hist,
+                c["k_max"],
+                c["tol"],
+                c["seed"],
+                c["max_iter"],
+                c["kmeans_tol"],
+                st.warm if c["warm_start"] else None,
+            )
+            st.labels, st.centroids, st.sizes, st.warm = res.labels, res.centroids, res.sizes, allc
+            for q, lab in zip(idx, res.labels[len(hist) - len(idx) :], strict=True):
+                clusters[q] = int(lab)
+        # step 4: cells in order of first appearance, temperatures, weights
+        cells: dict[tuple, int] = {}
+        cell_info: list[dict[str, Any]] = []
+        cell_of = []
+        for q in range(p):
+            key = (sid[q], "g", gid[q]) if gid[q] >= 0 else (sid[q], "c", clusters[q])
+            if key not in cells:
+                cells[key] = len(cell_info)
+                if gid[q] >= 0:
+                    run = self.grp_stats[(sid[q], gid[q])]
+                    n, mu = run.n, run.mean()
+                else:
+                    st = self.clusters[sid[q]]
+                    cen = st.centroids[clusters[q]]
+                    tot = 0.0
+                    for v in cen:
+                        tot += v
+                    n, mu = float(st.sizes[clusters[q]]), tot / len(cen)
+                cell_info.append(dict(source=sid[q], n=n, mu=mu, count=0.0))
+            cell_info[cells[key]]["count"] += 1
+            cell_of.append(cells[key])
+        robust = c["weighting"] == "robust"
+
+        def floor_mu(mu: float) -> float:
+            return float(np.fmax(mu, c["mu_floor"])) if robust else mu
+
+        t_src = {
+            s: float(np.fmax(math.sqrt(r.n) * floor_mu(r.mean()), c["t_floor"]))
+            for s, r in self.src_stats.items()
+        }
+        factors = []
+        for ci in cell_info:
+            t = math.sqrt(ci["n"]) * floor_mu(ci["mu"])
+            if robust:
+                t = max(float(np.fmax(t, c["t_floor"])), 1e-12)
+            factors.append(t_src[ci["source"]] * t)
+        if robust:
+            cw = water_fill([1.0 / f for f in factors], [ci["count"] for ci in cell_info], c["w_cap"])
+        mult, div, weights = [1.0] * p, [None] * p, [1.0] * p
+        for q in range(p):
+            f = factors[cell_of[q]]
+            if robust:
+                mult[q] = weights[q] = cw[cell_of[q]]
+            else:
+                with np.errstate(all="ignore"):
+                    bad = (
+                        math.isnan(f)
+                        or f == 0.0
+                        or not math.isfinite(ps[q]["smax"] / abs(f))
+                        or not math.isfinite(1.0 / f)
+                    )
+                if not bad:
+                    mult[q] = weights[q] = 1.0 / f
+                    div[q] = f
+        # step 5: renormalisation
+        sa = saa = nv = 0.0
+        for q in range(p):
+            m = mult[q]
+            sa += m * ps[q]["ssum"]
+            saa += m * m * ps[q]["ssq"]
+            nv += ps[q]["count"]
+        mean_a = sa / nv if nv > 0 else 0.0
+        std_a = math.sqrt(max(saa - sa * sa / nv, 0.0) / (nv - 1)) if nv > 1 else 0.0
+        shift, denom = {
+            "std": (0.0, std_a + c["renorm_eps"]),
+            "zscore": (mean_a, std_a + c["renorm_eps"]),
+            "none": (0.0, 1.0),
+        }[c["renorm"]]
+        out = np.zeros_like(rewards)
+        for q in range(p):
+            for i in range(g):
+                r = rewards[q * g + i]
+                if np.isnan(r):
+                    continue
+                s = float(dtype(score(float(r), ps[q]["mean"], ps[q]["std"], c["scale"], c["eps"])))
+                a = s / div[q] if div[q] is not None else s * mult[q]
+                out[q * g + i] = dtype((a - shift) / denom)
+        return out, np.array(weights), np.array(clusters)
