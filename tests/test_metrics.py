@@ -106,11 +106,11 @@ def _two_source_case() -> dict:
     #   F0 yes->yes x | F1 yes->no x | F2 no->no y | F3 no->no y
     #   M0 yes->yes y | M1 yes->yes z | M2 no->no z | M3 no->no z
     # Source B, 4 samples, all male: yes->yes x | no->no x | yes->no y | no->no y
-    y_true = ["yes", "yes", "no", "no", "yes", "yes", "no", "no"] + ["yes", "no", "yes", "no"]
-    y_pred = ["yes", "no", "no", "no", "yes", "yes", "no", "no"] + ["yes", "no", "no", "no"]
+    y_true = [*("yes", "yes", "no", "no", "yes", "yes", "no", "no"), *("yes", "no", "yes", "no")]
+    y_pred = [*("yes", "no", "no", "no", "yes", "yes", "no", "no"), *("yes", "no", "no", "no")]
     sources = ["A"] * 8 + ["B"] * 4
     sex = ["female"] * 4 + ["male"] * 4 + ["male"] * 4
-    age = ["x", "x", "y", "y", "y", "z", "z", "z"] + ["x", "x", "y", "y"]
+    age = [*("x", "x", "y", "y", "y", "z", "z", "z"), *("x", "x", "y", "y")]
     return fairness_report(y_true, y_pred, sources, {"sex": sex, "age": age}, YN)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import itertools
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -339,7 +340,7 @@ def age_bin_label(age: Any, edges: Sequence[float] = (25, 50, 75)) -> str | None
 
     if a <= edges[0]:
         return f"0-{fmt(edges[0])}" if edges[0] >= 0 else f"<={fmt(edges[0])}"
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         if a <= hi:
             return f"{fmt(lo + 1) if integral else fmt(lo)}-{fmt(hi)}"
     return f">{fmt(edges[-1])}"
@@ -370,7 +371,9 @@ def _check_columns(df: pd.DataFrame, spec: TableSpec) -> list[str]:
 
     def need(column: str, role: str) -> None:
         if column not in df.columns:
-            shown = ", ".join(available[:40]) + (f", ... ({len(available) - 40} more)" if len(available) > 40 else "")
+            shown = ", ".join(available[:40]) + (
+                f", ... ({len(available) - 40} more)" if len(available) > 40 else ""
+            )
             raise DataError(f"column {column!r} ({role}) not found in the table; available columns: {shown}")
 
     need(spec.label_column, "label_column")
@@ -474,13 +477,10 @@ def build_records(df: pd.DataFrame, spec: TableSpec | None = None) -> list[dict[
 
         attributes: dict[str, str] = {}
         for c in spec.group_columns:
-            if c == binned:
-                raw = row[c]
-                value = UNKNOWN if _render(c, raw, spec) == UNKNOWN else age_bin_label(raw, spec.age_bins)
-                if value is None:  # not numeric: an already-binned category
-                    value = _render(c, raw, spec)
-            else:
-                value = _render(c, row[c], spec)
+            value = _render(c, row[c], spec)
+            if c == binned and value != UNKNOWN:
+                # a non-numeric age is taken as an already-binned category
+                value = age_bin_label(row[c], spec.age_bins) or value
             attributes[c] = value
         values = list(attributes.values())
         true_group = "|".join(values) if values and UNKNOWN not in values else None
