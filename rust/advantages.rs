@@ -6,6 +6,7 @@
 //! std, and every advantage that comes out NaN set to 0 (so a NaN reward, or a group with a
 //! single scorable rollout under `scale = "group"`, gets advantage 0).
 
+use crate::blocks::{BlockScorer, L};
 use crate::error::{CoreError, Result};
 use crate::pool::{map_chunks, map_chunks_mut, CHUNK};
 use crate::real::Real;
@@ -49,53 +50,48 @@ pub struct Moments {
     pub mean: f64,
     /// Bessel-corrected nanstd (NaN when fewer than two rewards are finite).
     pub std: f64,
+    /// Some reward is infinite (an input error).
+    pub infinite: bool,
 }
 
-/// Moments of a slice of rewards, NaNs ignored.
-#[inline]
+/// Moments of a slice of rewards, NaNs ignored; sums left to right in f64.
+#[inline(always)]
 pub fn moments<T: Real>(r: &[T]) -> Moments {
     let mut sum = 0.0f64;
     let mut count = 0u32;
+    let mut infinite = false;
     for &v in r {
-        if !v.is_nan() {
-            sum += v.to_f64();
-            count += 1;
-        }
+        let ok = !v.is_nan();
+        infinite |= ok && !v.is_finite();
+        sum += if ok { v.to_f64() } else { 0.0 };
+        count += ok as u32;
     }
-    let mean = if count > 0 {
-        sum / count as f64
-    } else {
-        f64::NAN
-    };
+    let mean = if count > 0 { sum / count as f64 } else { f64::NAN };
     let mut ss = 0.0f64;
     for &v in r {
-        if !v.is_nan() {
-            let e = v.to_f64() - mean;
-            ss += e * e;
-        }
+        let e = v.to_f64() - mean;
+        ss += if v.is_nan() { 0.0 } else { e * e };
     }
-    let std = if count > 1 {
-        (ss / (count - 1) as f64).sqrt()
-    } else {
-        f64::NAN
-    };
-    Moments {
-        sum,
-        count,
-        mean,
-        std,
+    let std = if count > 1 { (ss / (count - 1) as f64).sqrt() } else { f64::NAN };
+    Moments { sum, count, mean, std, infinite }
+}
+
+/// The factor that multiplies `r - mean`: `1 / (std + eps)`, or 1 for `scale = "none"`.
+/// `std` is the batch std for `"batch"`, 0 when G = 1, else the prompt's own.
+#[inline(always)]
+pub fn inv_scale(m: &Moments, scale: Scale, batch_std: f64, eps: f64, group_size: usize) -> f64 {
+    match scale {
+        Scale::None => 1.0,
+        Scale::Batch => 1.0 / (batch_std + eps),
+        Scale::Group if group_size == 1 => 1.0 / eps,
+        Scale::Group => 1.0 / (m.std + eps),
     }
 }
 
-/// The per-rollout score given the prompt's mean and the denominator's std.
+/// The per-rollout score `(r - mean) * inv`, with NaN (unscorable, or undefined std) -> 0.
 #[inline(always)]
-pub fn score(r: f64, mean: f64, std: f64, scale: Scale, eps: f64) -> f64 {
-    let a = r - mean;
-    let a = if scale == Scale::None {
-        a
-    } else {
-        a / (std + eps)
-    };
+pub fn score(r: f64, mean: f64, inv: f64) -> f64 {
+    let a = (r - mean) * inv;
     if a.is_nan() {
         0.0
     } else {
@@ -103,7 +99,15 @@ pub fn score(r: f64, mean: f64, std: f64, scale: Scale, eps: f64) -> f64 {
     }
 }
 
-/// Checks `rewards` against `group_size`; returns the number of prompts.
+/// The error for an infinite reward at flat index `i`.
+pub fn infinite_reward(i: usize) -> CoreError {
+    CoreError::value(
+        "rewards",
+        format!("infinite reward at index {i}; rewards must be finite (NaN marks an unscorable completion)"),
+    )
+}
+
+/// Checks `rewards` against `group_size` (shape only); returns the number of prompts.
 pub fn check_rewards<T: Real>(rewards: &[T], group_size: usize) -> Result<usize> {
     if group_size == 0 {
         return Err(CoreError::value("group_size", "must be >= 1, got 0"));
@@ -116,12 +120,6 @@ pub fn check_rewards<T: Real>(rewards: &[T], group_size: usize) -> Result<usize>
                  prompt-major, group_size rollouts per prompt",
                 rewards.len()
             ),
-        ));
-    }
-    if let Some(i) = rewards.iter().position(|v| !v.is_finite() && !v.is_nan()) {
-        return Err(CoreError::value(
-            "rewards",
-            format!("infinite reward at index {i}; rewards must be finite (NaN marks an unscorable completion)"),
         ));
     }
     Ok(rewards.len() / group_size)
@@ -138,19 +136,13 @@ pub fn batch_std<T: Real>(rewards: &[T], threads: usize) -> f64 {
         let m = moments(chunk(c));
         (m.sum, m.count as u64)
     });
-    let (sum, count) = parts
-        .iter()
-        .fold((0.0, 0u64), |a, p| (a.0 + p.0, a.1 + p.1));
+    let (sum, count) = parts.iter().fold((0.0, 0u64), |a, p| (a.0 + p.0, a.1 + p.1));
     if count <= 1 {
         return f64::NAN;
     }
     let mean = sum / count as f64;
     let ss: f64 = map_chunks(n_chunks, threads, |c| {
-        chunk(c)
-            .iter()
-            .filter(|v| !v.is_nan())
-            .map(|v| (v.to_f64() - mean).powi(2))
-            .sum::<f64>()
+        chunk(c).iter().filter(|v| !v.is_nan()).map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>()
     })
     .iter()
     .sum();
@@ -174,33 +166,30 @@ pub fn group_advantages<T: Real>(
         return Err(CoreError::shape("out", "must have the length of rewards"));
     }
     if !(eps.is_finite() && eps >= 0.0) {
-        return Err(CoreError::value(
-            "eps",
-            format!("must be finite and >= 0, got {eps}"),
-        ));
+        return Err(CoreError::value("eps", format!("must be finite and >= 0, got {eps}")));
     }
     let g = group_size;
-    let bstd = if scale == Scale::Batch {
-        batch_std(rewards, threads)
-    } else {
-        0.0
-    };
+    let bstd = if scale == Scale::Batch { batch_std(rewards, threads) } else { 0.0 };
     let per_chunk = (CHUNK / g).max(1) * g;
-    map_chunks_mut(out, per_chunk, threads, |c, o| {
-        let r = &rewards[c * per_chunk..c * per_chunk + o.len()];
-        for (rq, oq) in r.chunks_exact(g).zip(o.chunks_exact_mut(g)) {
-            let m = moments(rq);
-            let std = match scale {
-                Scale::Batch => bstd,
-                _ if g == 1 => 0.0,
-                _ => m.std,
-            };
-            for (ov, &rv) in oq.iter_mut().zip(rq) {
-                *ov = T::from_f64(score(rv.to_f64(), m.mean, std, scale, eps));
+    let bad = map_chunks_mut(out, per_chunk, threads, |c, o| {
+        let base = c * per_chunk;
+        let r = &rewards[base..base + o.len()];
+        let mut b = BlockScorer::new(g, scale, bstd, eps);
+        let mut bad = None;
+        for (k, (rb, ob)) in r.chunks(L * g).zip(o.chunks_mut(L * g)).enumerate() {
+            let np = rb.len() / g;
+            b.load(rb, np);
+            if b.infinite && bad.is_none() {
+                bad = rb.iter().position(|v| !v.is_finite() && !v.is_nan()).map(|i| base + k * L * g + i);
             }
+            b.store(ob);
         }
+        bad
     });
-    Ok(())
+    match bad.into_iter().flatten().next() {
+        Some(i) => Err(infinite_reward(i)),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -223,11 +212,7 @@ mod tests {
 
     #[test]
     fn nan_rewards_are_ignored_and_get_zero() {
-        let a = adv(
-            &[1.0, f64::NAN, 0.0, f64::NAN, 2.0, f64::NAN],
-            3,
-            Scale::Group,
-        );
+        let a = adv(&[1.0, f64::NAN, 0.0, f64::NAN, 2.0, f64::NAN], 3, Scale::Group);
         assert_eq!(a[1], 0.0);
         assert!(a[0] > 0.0 && a[2] < 0.0);
         // a single scorable rollout: std is NaN, so its advantage is 0 (TRL's nan_to_num)
@@ -251,17 +236,13 @@ mod tests {
         assert!(group_advantages(&[0.0; 5], 2, Scale::Group, 1e-4, 1, &mut out).is_err());
         assert!(group_advantages(&[0.0; 5], 0, Scale::Group, 1e-4, 1, &mut out).is_err());
         let mut out = vec![0.0; 2];
-        assert!(
-            group_advantages(&[f64::INFINITY, 0.0], 2, Scale::Group, 1e-4, 1, &mut out).is_err()
-        );
+        assert!(group_advantages(&[f64::INFINITY, 0.0], 2, Scale::Group, 1e-4, 1, &mut out).is_err());
         assert!("groups".parse::<Scale>().is_err());
     }
 
     #[test]
     fn thread_count_does_not_change_bits() {
-        let r: Vec<f32> = (0..50_000)
-            .map(|i| ((i * 7919) % 13) as f32 / 13.0)
-            .collect();
+        let r: Vec<f32> = (0..50_000).map(|i| ((i * 7919) % 13) as f32 / 13.0).collect();
         let mut a = vec![0.0f32; r.len()];
         let mut b = vec![0.0f32; r.len()];
         group_advantages(&r, 8, Scale::Batch, 1e-4, 1, &mut a).unwrap();

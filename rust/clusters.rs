@@ -184,11 +184,8 @@ impl SourceClusters {
                 inc.labels.clear();
             }
         }
-        let prev: Vec<u32> = self
-            .labels
-            .get(dropped.min(self.labels.len())..)
-            .map(|s| s.to_vec())
-            .unwrap_or_default();
+        let prev: Vec<u32> =
+            self.labels.get(dropped.min(self.labels.len())..).map(|s| s.to_vec()).unwrap_or_default();
         match p.update {
             ClusterUpdate::Refit => self.refit(p)?,
             ClusterUpdate::Incremental => self.incremental(rows, b, p)?,
@@ -202,10 +199,7 @@ impl SourceClusters {
             None
         };
         let n = self.rows();
-        Ok(ClusterStep {
-            batch_labels: self.labels[n - b..].to_vec(),
-            stability_ari,
-        })
+        Ok(ClusterStep { batch_labels: self.labels[n - b..].to_vec(), stability_ari })
     }
 
     fn refit(&mut self, p: &ClusterParams) -> Result<()> {
@@ -232,15 +226,7 @@ impl SourceClusters {
                     Some(c) if c.len() == k * d && p.warm_start => Init::Centres(c),
                     _ => Init::PlusPlus { seed: s.seed },
                 };
-                let fit = kmeans(
-                    &self.history,
-                    d,
-                    k,
-                    init,
-                    s.max_iter,
-                    s.kmeans_tol,
-                    s.threads,
-                )?;
+                let fit = kmeans(&self.history, d, k, init, s.max_iter, s.kmeans_tol, s.threads)?;
                 let inc = IncK::from_labels(&self.history, d, k, fit.centroids, fit.labels);
                 if self.inc.len() < k {
                     self.inc.push(inc);
@@ -317,10 +303,8 @@ mod tests {
         let mut a = SourceClusters::default();
         let mut b = SourceClusters::default();
         for step in 0..4 {
-            a.step(&batch(step), 4, &params(ClusterUpdate::Refit))
-                .unwrap();
-            b.step(&batch(step), 4, &params(ClusterUpdate::Incremental))
-                .unwrap();
+            a.step(&batch(step), 4, &params(ClusterUpdate::Refit)).unwrap();
+            b.step(&batch(step), 4, &params(ClusterUpdate::Incremental)).unwrap();
         }
         let la: Vec<i64> = a.labels.iter().map(|&v| v as i64).collect();
         let lb: Vec<i64> = b.labels.iter().map(|&v| v as i64).collect();

@@ -134,17 +134,11 @@ impl FairConfig {
             if v.is_finite() && v >= 0.0 {
                 Ok(())
             } else {
-                Err(CoreError::value(
-                    arg,
-                    format!("must be finite and >= 0, got {v}"),
-                ))
+                Err(CoreError::value(arg, format!("must be finite and >= 0, got {v}")))
             }
         };
         if !(self.ema_decay > 0.0 && self.ema_decay < 1.0) {
-            return Err(CoreError::value(
-                "ema_decay",
-                format!("must be in (0, 1), got {}", self.ema_decay),
-            ));
+            return Err(CoreError::value("ema_decay", format!("must be in (0, 1), got {}", self.ema_decay)));
         }
         pos(self.score_eps, "score_eps")?;
         pos(self.elbow_tol, "tol")?;
@@ -196,25 +190,15 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_option() {
-        let c = FairConfig {
-            ema_decay: 1.5,
-            ..FairConfig::faithful()
-        };
+        let c = FairConfig { ema_decay: 1.5, ..FairConfig::faithful() };
         assert!(c.validate().unwrap_err().to_string().contains("ema_decay"));
-        let c = FairConfig {
-            w_cap: Some(0.5),
-            ..FairConfig::robust()
-        };
+        let c = FairConfig { w_cap: Some(0.5), ..FairConfig::robust() };
         assert!(c.validate().unwrap_err().to_string().contains("w_cap"));
     }
 
     #[test]
     fn ema_window() {
-        let c = FairConfig {
-            stats: StatsMode::Ema,
-            ema_decay: 0.9,
-            ..FairConfig::faithful()
-        };
+        let c = FairConfig { stats: StatsMode::Ema, ema_decay: 0.9, ..FairConfig::faithful() };
         assert_eq!(c.window_steps(), Some(10));
     }
 }

@@ -18,16 +18,10 @@ pub enum CoreError {
 
 impl CoreError {
     pub fn shape(arg: &'static str, msg: impl Into<String>) -> Self {
-        CoreError::Shape {
-            arg,
-            msg: msg.into(),
-        }
+        CoreError::Shape { arg, msg: msg.into() }
     }
     pub fn value(arg: &'static str, msg: impl Into<String>) -> Self {
-        CoreError::Value {
-            arg,
-            msg: msg.into(),
-        }
+        CoreError::Value { arg, msg: msg.into() }
     }
 }
 

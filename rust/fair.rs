@@ -12,13 +12,14 @@
 //! The batch is read twice (scores and per-prompt sums, then the weighted write); the
 //! renormalisation statistics come from per-prompt sums, so no third pass is needed.
 
-use crate::advantages::{batch_std, check_rewards, moments, score, Moments, Scale};
+use crate::advantages::{batch_std, check_rewards, infinite_reward, moments, Scale};
+use crate::blocks::{BlockScorer, L};
 use crate::clusters::{ClusterParams, SourceClusters};
 use crate::config::{FairConfig, Features, Renorm, StatsMode, Weighting};
 use crate::error::{CoreError, Result};
 use crate::labels::{Key, LabelMap, Labels};
 use crate::metrics::{adjusted_rand_index, normalized_mutual_info};
-use crate::pool::{map_chunks_mut, resolve_threads};
+use crate::pool::{map_chunks, map_chunks_mut2, resolve_threads};
 use crate::real::Real;
 use crate::select_k::SelectKParams;
 use serde::{Deserialize, Serialize};
@@ -75,16 +76,6 @@ pub struct FairAdvantage {
     pub group_stats: Vec<Vec<RunStat>>,
     /// Per source.
     pub clusters: Vec<SourceClusters>,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct PromptStat {
-    m: Moments,
-    /// Denominator std used for the score.
-    std: f64,
-    ssum: f64,
-    ssq: f64,
-    smax: f64,
 }
 
 /// One weight cell of a step: a labelled group or a cluster of a source.
@@ -146,29 +137,16 @@ pub struct StepOutput {
     /// Fairness weight of every prompt (P).
     pub weights: Vec<f64>,
     /// Cluster of every prompt, -1 where the prompt has a group label (P).
-    pub clusters: Vec<i32>,
+    pub clusters: Vec<i64>,
     pub report: Report,
 }
 
-struct Cell {
-    source: u32,
-    kind: &'static str,
-    label: u32,
-    run: RunStat,
-    batch: RunStat,
-}
-
 /// Features of one prompt's reward vector: NaN -> the prompt's mean (0 if none), sorted if asked.
-fn features<T: Real>(r: &[T], m: &Moments, feat: Features, out: &mut Vec<f32>) {
+fn features<T: Real>(r: &[T], feat: Features, out: &mut Vec<f32>) {
+    let m = moments(r);
     let fill = if m.count > 0 { m.mean } else { 0.0 };
     let start = out.len();
-    out.extend(r.iter().map(|v| {
-        if v.is_nan() {
-            fill as f32
-        } else {
-            v.to_f64() as f32
-        }
-    }));
+    out.extend(r.iter().map(|v| if v.is_nan() { fill as f32 } else { v.to_f64() as f32 }));
     if feat == Features::Sorted {
         out[start..].sort_by(|a, b| a.total_cmp(b));
     }
@@ -202,9 +180,7 @@ impl FairAdvantage {
         fa.groups.rebuild()?;
         let ns = fa.sources.len();
         if fa.source_stats.len() != ns || fa.group_stats.len() != ns || fa.clusters.len() != ns {
-            return Err(CoreError::State(
-                "per-source tables do not match the source labels".into(),
-            ));
+            return Err(CoreError::State("per-source tables do not match the source labels".into()));
         }
         Ok(fa)
     }
@@ -244,7 +220,7 @@ impl FairAdvantage {
         if out.len() != rewards.len() {
             return Err(CoreError::shape("out", "must have the length of rewards"));
         }
-        // --- labels (on copies: committed only once nothing can fail) ---
+        // --- labels, on copies: committed only once nothing can fail ---
         let mut smap = self.sources.clone();
         let mut gmap = self.groups.clone();
         let default_source = [Some(Key::Str("default".into()))];
@@ -258,24 +234,27 @@ impl FairAdvantage {
         if let Some(i) = sid.iter().position(|&s| s < 0) {
             return Err(CoreError::value(
                 "sources",
-                format!("entry {i} is unknown (None or -1); every prompt needs a data source (use one name for all if there is only one)"),
+                format!(
+                    "entry {i} is unknown (None or -1); every prompt needs a data source \
+                     (use one name for all if there is only one)"
+                ),
             ));
         }
         let mut gid = gmap.map(groups, p, "groups")?;
         if !cfg.use_groups {
             gid.iter_mut().for_each(|v| *v = -1);
         }
-        let mut tmap = LabelMap::default();
         let tid = match true_groups {
             Labels::Absent => None,
-            l => Some(tmap.map(l, p, "true_groups")?),
+            l => Some(LabelMap::default().map(l, p, "true_groups")?),
         };
         for (s, c) in self.clusters.iter().enumerate() {
             if c.dim != 0 && c.dim != g && sid.contains(&(s as i32)) {
                 return Err(CoreError::value(
                     "group_size",
                     format!(
-                        "changed from {} to {g} for source {}; the implicit-group history holds reward vectors of length {}",
+                        "changed from {} to {g} for source {}; the implicit-group history holds \
+                         reward vectors of length {}",
                         c.dim,
                         self.sources.name(s as u32),
                         c.dim
@@ -283,11 +262,67 @@ impl FairAdvantage {
                 ));
             }
         }
-        // --- commit labels, grow tables ---
+        let ns = smap.len();
+        let ng = gmap.len();
+
+        // --- pass 1: per-prompt moments and scores, summed per source / group cell ---
+        let bstd = if cfg.scale == Scale::Batch { batch_std(rewards, threads) } else { 0.0 };
+        let n_chunks = p.div_ceil(PROMPTS_PER_CHUNK);
+        let parts = map_chunks(n_chunks, threads, |ci| {
+            let mut part = Pass1 {
+                src: vec![Acc::default(); ns],
+                cell: vec![Acc::default(); ns * ng],
+                ..Default::default()
+            };
+            let mut b = BlockScorer::new(g, cfg.scale, bstd, cfg.score_eps);
+            let q_end = ((ci + 1) * PROMPTS_PER_CHUNK).min(p);
+            for q0 in (ci * PROMPTS_PER_CHUNK..q_end).step_by(L) {
+                let np = L.min(q_end - q0);
+                let rb = &rewards[q0 * g..(q0 + np) * g];
+                b.load(rb, np);
+                if b.infinite && part.bad.is_none() {
+                    part.bad = rb.iter().position(|v| !v.is_finite() && !v.is_nan()).map(|i| q0 * g + i);
+                }
+                let (mut ssum, mut ssq) = ([0.0f64; L], [0.0f64; L]);
+                for srow in b.s.chunks_exact(L) {
+                    for l in 0..L {
+                        ssum[l] += srow[l];
+                        ssq[l] += srow[l] * srow[l];
+                    }
+                }
+                for l in 0..np {
+                    let q = q0 + l;
+                    let a = Acc { n: 1.0, rsum: b.sum[l], rcnt: b.cnt[l], ssum: ssum[l], ssq: ssq[l] };
+                    let s = sid[q] as usize;
+                    part.src[s].add(&a);
+                    if gid[q] >= 0 {
+                        part.cell[s * ng + gid[q] as usize].add(&a);
+                    } else {
+                        part.unl.push((q as u32, a));
+                    }
+                }
+            }
+            part
+        });
+        if let Some(i) = parts.iter().find_map(|pt| pt.bad) {
+            return Err(infinite_reward(i));
+        }
+        let mut src_acc = vec![Acc::default(); ns];
+        let mut cell_acc = vec![Acc::default(); ns * ng];
+        let mut unl: Vec<(u32, Acc)> = Vec::new();
+        for pt in parts {
+            for (a, b) in src_acc.iter_mut().zip(&pt.src) {
+                a.add(b);
+            }
+            for (a, b) in cell_acc.iter_mut().zip(&pt.cell) {
+                a.add(b);
+            }
+            unl.extend(pt.unl);
+        }
+
+        // --- commit labels, grow tables; step 2: running statistics ---
         self.sources = smap;
         self.groups = gmap;
-        let ns = self.sources.len();
-        let ng = self.groups.len();
         self.source_stats.resize(ns, RunStat::default());
         self.clusters.resize(ns, SourceClusters::default());
         self.group_stats.resize(ns, Vec::new());
@@ -295,246 +330,160 @@ impl FairAdvantage {
             v.resize(ng, RunStat::default());
         }
         self.step += 1;
-
-        // --- pass 1: per-prompt moments and score sums ---
-        let bstd = if cfg.scale == Scale::Batch {
-            batch_std(rewards, threads)
-        } else {
-            0.0
-        };
-        let mut ps = vec![PromptStat::default(); p];
-        map_chunks_mut(&mut ps, PROMPTS_PER_CHUNK, threads, |ci, chunk| {
-            let q0 = ci * PROMPTS_PER_CHUNK;
-            for (j, st) in chunk.iter_mut().enumerate() {
-                let rq = &rewards[(q0 + j) * g..(q0 + j + 1) * g];
-                let m = moments(rq);
-                let std = match cfg.scale {
-                    Scale::Batch => bstd,
-                    _ if g == 1 => 0.0,
-                    _ => m.std,
-                };
-                let (mut ssum, mut ssq, mut smax) = (0.0, 0.0, 0.0f64);
-                for &r in rq {
-                    let s = T::from_f64(score(r.to_f64(), m.mean, std, cfg.scale, cfg.score_eps))
-                        .to_f64();
-                    ssum += s;
-                    ssq += s * s;
-                    smax = smax.max(s.abs());
-                }
-                *st = PromptStat {
-                    m,
-                    std,
-                    ssum,
-                    ssq,
-                    smax,
-                };
-            }
-        });
-
-        // --- step 2: batch aggregates and running statistics ---
-        let mut src_batch = vec![RunStat::default(); ns];
-        let mut grp_batch = vec![vec![RunStat::default(); ng]; ns];
-        for q in 0..p {
-            let s = sid[q] as usize;
-            let st = RunStat {
-                n: 1.0,
-                rsum: ps[q].m.sum,
-                rcnt: ps[q].m.count as f64,
-            };
-            let b = &mut src_batch[s];
-            b.n += 1.0;
-            b.rsum += st.rsum;
-            b.rcnt += st.rcnt;
-            if gid[q] >= 0 {
-                let b = &mut grp_batch[s][gid[q] as usize];
-                b.n += 1.0;
-                b.rsum += st.rsum;
-                b.rcnt += st.rcnt;
-            }
-        }
         for (s, run) in self.source_stats.iter_mut().enumerate() {
-            run.fold(&src_batch[s], cfg.stats, cfg.ema_decay);
-            for (run, b) in self.group_stats[s].iter_mut().zip(&grp_batch[s]) {
-                run.fold(b, cfg.stats, cfg.ema_decay);
+            run.fold(&src_acc[s].run(), cfg.stats, cfg.ema_decay);
+            for (gg, run) in self.group_stats[s].iter_mut().enumerate() {
+                run.fold(&cell_acc[s * ng + gg].run(), cfg.stats, cfg.ema_decay);
             }
         }
 
-        // --- step 3: implicit groups ---
+        // --- step 3: implicit groups, per source, over the unlabelled prompts ---
         let cparams = self.cluster_params(threads);
-        let mut clusters = vec![-1i32; p];
+        let mut by_source: Vec<Vec<usize>> = vec![Vec::new(); ns];
+        for (i, (q, _)) in unl.iter().enumerate() {
+            by_source[sid[*q as usize] as usize].push(i);
+        }
+        let mut unl_cluster = vec![0u32; unl.len()];
         let mut stability = vec![None; ns];
-        let mut unl_batch = vec![0u64; ns];
-        for s in 0..ns {
-            let idx: Vec<usize> = (0..p)
-                .filter(|&q| sid[q] as usize == s && gid[q] < 0)
-                .collect();
-            unl_batch[s] = idx.len() as u64;
+        for (s, idx) in by_source.iter().enumerate() {
             if idx.is_empty() {
                 continue;
             }
             let mut rows = Vec::with_capacity(idx.len() * g);
-            for &q in &idx {
-                features(
-                    &rewards[q * g..(q + 1) * g],
-                    &ps[q].m,
-                    cfg.features,
-                    &mut rows,
-                );
+            for &i in idx {
+                let q = unl[i].0 as usize;
+                features(&rewards[q * g..(q + 1) * g], cfg.features, &mut rows);
             }
             let st = self.clusters[s].step(&rows, g, &cparams)?;
             stability[s] = st.stability_ari;
-            for (&q, &l) in idx.iter().zip(&st.batch_labels) {
-                clusters[q] = l as i32;
+            for (&i, &l) in idx.iter().zip(&st.batch_labels) {
+                unl_cluster[i] = l;
             }
         }
 
-        // --- step 4: cells and weights ---
-        let mut cells: Vec<Cell> = Vec::new();
-        let mut group_cell = vec![vec![u32::MAX; ng]; ns];
-        let mut cluster_cell: Vec<Vec<u32>> =
-            self.clusters.iter().map(|c| vec![u32::MAX; c.k]).collect();
-        let mut cell_of = vec![0u32; p];
-        for q in 0..p {
-            let s = sid[q] as usize;
-            let slot = if gid[q] >= 0 {
-                &mut group_cell[s][gid[q] as usize]
-            } else {
-                &mut cluster_cell[s][clusters[q] as usize]
-            };
-            if *slot == u32::MAX {
-                *slot = cells.len() as u32;
-                let (kind, label, run) = if gid[q] >= 0 {
-                    ("group", gid[q] as u32, self.group_stats[s][gid[q] as usize])
-                } else {
-                    let c = &self.clusters[s];
-                    let j = clusters[q] as usize;
-                    let mu = c.centre_mean(j);
-                    (
-                        "cluster",
-                        j as u32,
-                        RunStat {
-                            n: c.sizes[j] as f64,
-                            rsum: mu,
-                            rcnt: 1.0,
-                        },
-                    )
-                };
-                cells.push(Cell {
-                    source: s as u32,
-                    kind,
-                    label,
-                    run,
-                    batch: RunStat::default(),
-                });
-            }
-            let c = &mut cells[*slot as usize];
-            c.batch.n += 1.0;
-            c.batch.rsum += ps[q].m.sum;
-            c.batch.rcnt += ps[q].m.count as f64;
-            cell_of[q] = *slot;
+        // --- step 4: cells (labelled groups, then clusters), temperatures, weights ---
+        let mut cluster_base = vec![0usize; ns];
+        let mut n_cells = ns * ng;
+        for (s, base) in cluster_base.iter_mut().enumerate() {
+            *base = n_cells;
+            n_cells += self.clusters[s].k;
         }
+        let mut acc = cell_acc;
+        acc.resize(n_cells, Acc::default());
+        let mut clusters = vec![-1i64; p];
+        for (i, (q, a)) in unl.iter().enumerate() {
+            let c = cluster_base[sid[*q as usize] as usize] + unl_cluster[i] as usize;
+            acc[c].add(a);
+            clusters[*q as usize] = unl_cluster[i] as i64;
+        }
+        let cell_source = |c: usize| {
+            if c < ns * ng {
+                c / ng
+            } else {
+                cluster_base.iter().rposition(|&b| b <= c).unwrap_or(0)
+            }
+        };
+        let cell_run = |c: usize| -> RunStat {
+            if c < ns * ng {
+                self.group_stats[c / ng][c % ng]
+            } else {
+                let s = cell_source(c);
+                let j = c - cluster_base[s];
+                let cl = &self.clusters[s];
+                RunStat { n: cl.sizes[j] as f64, rsum: cl.centre_mean(j), rcnt: 1.0 }
+            }
+        };
         let robust = cfg.weighting == Weighting::Robust;
         let floor_mu = |mu: f64| if robust { mu.max(cfg.mu_floor) } else { mu };
-        let t_source: Vec<f64> = self
-            .source_stats
-            .iter()
-            .map(|r| (r.n.sqrt() * floor_mu(r.mean())).max(cfg.t_floor))
-            .collect();
-        let t_cell: Vec<f64> = cells
-            .iter()
-            .map(|c| {
-                let t = c.run.n.sqrt() * floor_mu(c.run.mean());
-                if robust {
-                    t.max(cfg.t_floor).max(1e-12)
-                } else {
-                    t
-                }
-            })
-            .collect();
-        // factor per cell (faithful divides by it) or weight per cell (robust multiplies)
-        let factor: Vec<f64> = cells
-            .iter()
-            .zip(&t_cell)
-            .map(|(c, t)| t_source[c.source as usize] * t)
-            .collect();
-        let cell_w: Vec<f64> = if robust {
-            let raw: Vec<f64> = factor.iter().map(|f| 1.0 / f).collect();
-            let counts: Vec<f64> = cells.iter().map(|c| c.batch.n).collect();
-            water_fill(&raw, &counts, cfg.w_cap)
+        let t_source: Vec<f64> =
+            self.source_stats.iter().map(|r| (r.n.sqrt() * floor_mu(r.mean())).max(cfg.t_floor)).collect();
+        let active: Vec<usize> = (0..n_cells).filter(|&c| acc[c].n > 0.0).collect();
+        let mut t_cell = vec![0.0f64; n_cells];
+        let mut cell_w = vec![1.0f64; n_cells]; // the reported weight
+        let mut mult = vec![1.0f64; n_cells]; // what multiplies the score
+        let mut fallback = vec![false; n_cells];
+        for &c in &active {
+            let run = cell_run(c);
+            let t = run.n.sqrt() * floor_mu(run.mean());
+            t_cell[c] = if robust { t.max(cfg.t_floor).max(1e-12) } else { t };
+        }
+        if robust {
+            let raw: Vec<f64> =
+                active.iter().map(|&c| 1.0 / (t_source[cell_source(c)] * t_cell[c])).collect();
+            let counts: Vec<f64> = active.iter().map(|&c| acc[c].n).collect();
+            for (&c, w) in active.iter().zip(water_fill(&raw, &counts, cfg.w_cap)) {
+                cell_w[c] = w;
+                mult[c] = w;
+            }
         } else {
-            factor.iter().map(|f| 1.0 / f).collect()
-        };
-        // per prompt: multiplier on s (robust), or the faithful divisor unless it falls back to s
-        let mut fallback_cell = vec![false; cells.len()];
-        let mut mult = vec![1.0f64; p];
-        let mut weights = vec![1.0f64; p];
-        let mut faithful_div: Vec<Option<f64>> = vec![None; p];
-        for q in 0..p {
-            let c = cell_of[q] as usize;
-            if robust {
-                mult[q] = cell_w[c];
-                weights[q] = cell_w[c];
-            } else if falls_back(factor[c], &ps[q]) {
-                fallback_cell[c] = true;
-            } else {
-                mult[q] = 1.0 / factor[c];
-                weights[q] = 1.0 / factor[c];
-                faithful_div[q] = Some(factor[c]);
+            for &c in &active {
+                let f = t_source[cell_source(c)] * t_cell[c];
+                let inv = 1.0 / f;
+                if f.is_nan() || f == 0.0 || !inv.is_finite() {
+                    fallback[c] = true;
+                } else {
+                    cell_w[c] = inv;
+                    mult[c] = inv;
+                }
             }
         }
 
-        // --- step 5: renormalisation statistics from per-prompt sums ---
+        // --- step 5: renormalisation statistics from the cell sums ---
         let (mut sa, mut saa, mut n_valid) = (0.0f64, 0.0f64, 0.0f64);
-        for q in 0..p {
-            let m = mult[q];
-            sa += m * ps[q].ssum;
-            saa += m * m * ps[q].ssq;
-            n_valid += ps[q].m.count as f64;
+        for &c in &active {
+            let m = mult[c];
+            sa += m * acc[c].ssum;
+            saa += m * m * acc[c].ssq;
+            n_valid += acc[c].rcnt;
         }
         let mean_a = if n_valid > 0.0 { sa / n_valid } else { 0.0 };
-        let std_a = if n_valid > 1.0 {
-            ((saa - sa * sa / n_valid).max(0.0) / (n_valid - 1.0)).sqrt()
-        } else {
-            0.0
-        };
-        let (shift, denom) = match cfg.renorm {
-            Renorm::Std => (0.0, std_a + cfg.renorm_eps),
-            Renorm::Zscore => (mean_a, std_a + cfg.renorm_eps),
+        let std_a =
+            if n_valid > 1.0 { ((saa - sa * sa / n_valid).max(0.0) / (n_valid - 1.0)).sqrt() } else { 0.0 };
+        let (shift, inv_denom) = match cfg.renorm {
+            Renorm::Std => (0.0, 1.0 / (std_a + cfg.renorm_eps)),
+            Renorm::Zscore => (mean_a, 1.0 / (std_a + cfg.renorm_eps)),
             Renorm::None => (0.0, 1.0),
         };
 
-        // --- pass 2: write the advantages, gradient mass per cell ---
-        let n_cells = cells.len();
-        let masses = map_chunks_mut(out, PROMPTS_PER_CHUNK * g, threads, |ci, o| {
-            let q0 = ci * PROMPTS_PER_CHUNK;
+        // --- pass 2: write the advantages and weights; gradient mass per cell ---
+        let mut weights = vec![0.0f64; p];
+        let masses = map_chunks_mut2(out, &mut weights, PROMPTS_PER_CHUNK, g, threads, |ci, o, w| {
             let mut mass = vec![0.0f64; n_cells];
-            for (j, oq) in o.chunks_exact_mut(g).enumerate() {
-                let q = q0 + j;
-                let st = &ps[q];
-                let rq = &rewards[q * g..(q + 1) * g];
-                let mut local = 0.0;
-                for (ov, &r) in oq.iter_mut().zip(rq) {
-                    if r.is_nan() {
-                        *ov = T::ZERO;
-                        continue;
-                    }
-                    let s = T::from_f64(score(
-                        r.to_f64(),
-                        st.m.mean,
-                        st.std,
-                        cfg.scale,
-                        cfg.score_eps,
-                    ))
-                    .to_f64();
-                    let a = match faithful_div[q] {
-                        Some(f) => s / f,
-                        None => s * mult[q],
+            let mut b = BlockScorer::new(g, cfg.scale, bstd, cfg.score_eps);
+            let q_start = ci * PROMPTS_PER_CHUNK;
+            for (k, (ob, wb)) in o.chunks_mut(L * g).zip(w.chunks_mut(L)).enumerate() {
+                let q0 = q_start + k * L;
+                let np = wb.len();
+                b.load(&rewards[q0 * g..(q0 + np) * g], np);
+                let mut m = [0.0f64; L];
+                let mut cell = [0usize; L];
+                for l in 0..np {
+                    let q = q0 + l;
+                    let s = sid[q] as usize;
+                    cell[l] = if gid[q] >= 0 {
+                        s * ng + gid[q] as usize
+                    } else {
+                        cluster_base[s] + clusters[q] as usize
                     };
-                    let a = (a - shift) / denom;
-                    local += a.abs();
-                    *ov = T::from_f64(a);
+                    m[l] = mult[cell[l]];
+                    wb[l] = cell_w[cell[l]];
                 }
-                mass[cell_of[q] as usize] += local;
+                let nan: Vec<bool> = (0..g * L).map(|e| b.is_nan(e / L, e % L)).collect();
+                let mut local = [0.0f64; L];
+                for (srow, nrow) in b.s.chunks_exact_mut(L).zip(nan.chunks_exact(L)) {
+                    for l in 0..L {
+                        let sc = srow[l];
+                        let a = sc * m[l];
+                        let a = if a.is_finite() { a } else { sc };
+                        let a = if nrow[l] { 0.0 } else { (a - shift) * inv_denom };
+                        local[l] += a.abs();
+                        srow[l] = a;
+                    }
+                }
+                b.store(ob);
+                for l in 0..np {
+                    mass[cell[l]] += local[l];
+                }
             }
             mass
         });
@@ -546,57 +495,53 @@ impl FairAdvantage {
         }
 
         // --- report ---
-        let mut w_sum_src = vec![0.0f64; ns];
-        for q in 0..p {
-            w_sum_src[sid[q] as usize] += weights[q];
-        }
+        let mut w_src = vec![0.0f64; ns];
         let mut mass_src = vec![0.0f64; ns];
-        let mut groups_out = Vec::with_capacity(n_cells);
-        for (c, cell) in cells.iter().enumerate() {
-            mass_src[cell.source as usize] += grad_mass[c];
-            let sname = self.sources.name(cell.source);
-            let label = if cell.kind == "group" {
-                self.groups.name(cell.label)
+        let mut groups_out = Vec::with_capacity(active.len());
+        for &c in &active {
+            let s = cell_source(c);
+            w_src[s] += acc[c].n * cell_w[c];
+            mass_src[s] += grad_mass[c];
+            let run = cell_run(c);
+            let sname = self.sources.name(s as u32);
+            let (kind, label) = if c < ns * ng {
+                ("group", self.groups.name((c % ng) as u32))
             } else {
-                format!("cluster{}", cell.label)
+                ("cluster", format!("cluster{}", c - cluster_base[s]))
             };
             groups_out.push(CellReport {
                 name: format!("{sname}/{label}"),
                 source: sname,
-                kind: cell.kind,
+                kind,
                 label,
-                n: cell.run.n,
-                mean_reward: cell.run.mean(),
+                n: run.n,
+                mean_reward: run.mean(),
                 temperature: t_cell[c],
-                n_batch: cell.batch.n as u64,
-                batch_mean_reward: cell.batch.mean(),
-                weight: if fallback_cell[c] { 1.0 } else { cell_w[c] },
+                n_batch: acc[c].n as u64,
+                batch_mean_reward: acc[c].run().mean(),
+                weight: cell_w[c],
                 grad_mass: grad_mass[c],
-                fallback: fallback_cell[c],
+                fallback: fallback[c],
             });
         }
         let mut sources_out = Vec::new();
         for s in 0..ns {
-            if src_batch[s].n == 0.0 {
+            if src_acc[s].n == 0.0 {
                 continue;
             }
             let cl = &self.clusters[s];
-            let clustered = unl_batch[s] > 0;
-            let (true_ari, true_nmi) = match (&tid, clustered) {
-                (Some(t), true) => {
-                    let pairs: Vec<(i64, i64)> = (0..p)
-                        .filter(|&q| sid[q] as usize == s && gid[q] < 0 && t[q] >= 0)
-                        .map(|q| (clusters[q] as i64, t[q] as i64))
-                        .collect();
-                    if pairs.is_empty() {
+            let (true_ari, true_nmi) = match &tid {
+                Some(t) if !by_source[s].is_empty() => {
+                    let (a, b): (Vec<i64>, Vec<i64>) = by_source[s]
+                        .iter()
+                        .map(|&i| unl[i].0 as usize)
+                        .filter(|&q| t[q] >= 0)
+                        .map(|q| (clusters[q], t[q] as i64))
+                        .unzip();
+                    if a.is_empty() {
                         (None, None)
                     } else {
-                        let a: Vec<i64> = pairs.iter().map(|x| x.0).collect();
-                        let b: Vec<i64> = pairs.iter().map(|x| x.1).collect();
-                        (
-                            Some(adjusted_rand_index(&a, &b)),
-                            Some(normalized_mutual_info(&a, &b)),
-                        )
+                        (Some(adjusted_rand_index(&a, &b)), Some(normalized_mutual_info(&a, &b)))
                     }
                 }
                 _ => (None, None),
@@ -606,11 +551,11 @@ impl FairAdvantage {
                 n: self.source_stats[s].n,
                 mean_reward: self.source_stats[s].mean(),
                 temperature: t_source[s],
-                n_batch: src_batch[s].n as u64,
-                batch_mean_reward: src_batch[s].mean(),
-                weight: w_sum_src[s] / src_batch[s].n,
+                n_batch: src_acc[s].n as u64,
+                batch_mean_reward: src_acc[s].run().mean(),
+                weight: w_src[s] / src_acc[s].n,
                 grad_mass: mass_src[s],
-                n_unlabelled_batch: unl_batch[s],
+                n_unlabelled_batch: by_source[s].len() as u64,
                 history_rows: cl.rows(),
                 n_clusters: cl.k,
                 cluster_sizes: cl.sizes.clone(),
@@ -629,18 +574,43 @@ impl FairAdvantage {
             sources: sources_out,
             groups: groups_out,
         };
-        Ok(StepOutput {
-            weights,
-            clusters,
-            report,
-        })
+        Ok(StepOutput { weights, clusters, report })
     }
 }
 
-/// Whether faithful weighting falls back to the plain score: `s / factor` is not finite
-/// for some rollout of the prompt (factor 0 or NaN, or an overflow).
-fn falls_back(f: f64, st: &PromptStat) -> bool {
-    f.is_nan() || f == 0.0 || !(st.smax / f.abs()).is_finite() || !(1.0 / f).is_finite()
+/// Per-cell sums of one step: prompts, rewards, scores.
+#[derive(Debug, Clone, Copy, Default)]
+struct Acc {
+    n: f64,
+    rsum: f64,
+    rcnt: f64,
+    ssum: f64,
+    ssq: f64,
+}
+
+impl Acc {
+    #[inline(always)]
+    fn add(&mut self, o: &Acc) {
+        self.n += o.n;
+        self.rsum += o.rsum;
+        self.rcnt += o.rcnt;
+        self.ssum += o.ssum;
+        self.ssq += o.ssq;
+    }
+    fn run(&self) -> RunStat {
+        RunStat { n: self.n, rsum: self.rsum, rcnt: self.rcnt }
+    }
+}
+
+/// One chunk's share of pass 1.
+#[derive(Default)]
+struct Pass1 {
+    src: Vec<Acc>,
+    cell: Vec<Acc>,
+    /// Unlabelled prompts (index, sums), in prompt order.
+    unl: Vec<(u32, Acc)>,
+    /// First infinite reward.
+    bad: Option<usize>,
 }
 
 /// Scales `raw` weights so that their count-weighted mean is 1 with none above `cap`
@@ -700,9 +670,7 @@ mod tests {
     fn minority_and_hard_groups_weigh_more() {
         let mut f = fa("faithful");
         // source a: group x (3 prompts, easy), group y (1 prompt, hard)
-        let r = [
-            1.0f64, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0,
-        ];
+        let r = [1.0f64, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0];
         let src: Vec<Option<Key>> = vec![Some(Key::Str("a".into())); 4];
         let grp = [
             Some(Key::Str("x".into())),
@@ -711,16 +679,7 @@ mod tests {
             Some(Key::Str("y".into())),
         ];
         let mut out = vec![0.0; 12];
-        let o = f
-            .step(
-                &r,
-                3,
-                Labels::Keys(&src),
-                Labels::Keys(&grp),
-                Labels::Absent,
-                &mut out,
-            )
-            .unwrap();
+        let o = f.step(&r, 3, Labels::Keys(&src), Labels::Keys(&grp), Labels::Absent, &mut out).unwrap();
         assert!(o.weights[3] > o.weights[0]);
         assert_eq!(o.report.groups.len(), 2);
     }
@@ -729,42 +688,16 @@ mod tests {
     fn state_round_trips_and_resumes_bit_for_bit() {
         let mut a = fa("robust");
         let r: Vec<f32> = (0..64).map(|i| ((i * 37) % 5) as f32 / 4.0).collect();
-        let grp: Vec<i64> = (0..16)
-            .map(|i| if i % 3 == 0 { -1 } else { i % 2 })
-            .collect();
+        let grp: Vec<i64> = (0..16).map(|i| if i % 3 == 0 { -1 } else { i % 2 }).collect();
         let src: Vec<i64> = (0..16).map(|i| i % 2).collect();
         let mut out = vec![0.0f32; 64];
-        a.step(
-            &r,
-            4,
-            Labels::Ints(&src),
-            Labels::Ints(&grp),
-            Labels::Absent,
-            &mut out,
-        )
-        .unwrap();
+        a.step(&r, 4, Labels::Ints(&src), Labels::Ints(&grp), Labels::Absent, &mut out).unwrap();
         let mut b = FairAdvantage::from_json(&a.to_json().unwrap()).unwrap();
         assert_eq!(a, b);
         let mut oa = vec![0.0f32; 64];
         let mut ob = vec![0.0f32; 64];
-        a.step(
-            &r,
-            4,
-            Labels::Ints(&src),
-            Labels::Ints(&grp),
-            Labels::Absent,
-            &mut oa,
-        )
-        .unwrap();
-        b.step(
-            &r,
-            4,
-            Labels::Ints(&src),
-            Labels::Ints(&grp),
-            Labels::Absent,
-            &mut ob,
-        )
-        .unwrap();
+        a.step(&r, 4, Labels::Ints(&src), Labels::Ints(&grp), Labels::Absent, &mut oa).unwrap();
+        b.step(&r, 4, Labels::Ints(&src), Labels::Ints(&grp), Labels::Absent, &mut ob).unwrap();
         assert_eq!(oa, ob);
     }
 

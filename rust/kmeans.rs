@@ -16,6 +16,7 @@
 //!   identical for every thread count.
 
 use crate::error::{CoreError, Result};
+use crate::kernels::{assign_chunk, potential_chunk, Assign, Fold, Isa, Potential};
 use crate::pool::{map_chunks, map_chunks_mut, CHUNK};
 use crate::real::{first_non_finite, Real};
 use crate::rng::SplitMix64;
@@ -44,41 +45,12 @@ pub struct KMeansResult {
     pub n_iter: usize,
 }
 
-/// Squared distance of one row to one centre, in the input's precision.
-#[inline(always)]
-fn dist2<T: Real>(x: &[T], c: &[T]) -> T {
-    let mut s = T::ZERO;
-    for (a, b) in x.iter().zip(c) {
-        let e = a.sub(*b);
-        s = s.add(e.mul(e));
-    }
-    s
-}
-
-/// Nearest centre of a row (lowest index on ties) and its squared distance.
-#[inline(always)]
-fn nearest<T: Real>(row: &[T], centres: &[T], d: usize) -> (u32, T) {
-    let mut best = T::MAX;
-    let mut arg = 0u32;
-    for (j, c) in centres.chunks_exact(d).enumerate() {
-        let v = dist2(row, c);
-        if v < best {
-            best = v;
-            arg = j as u32;
-        }
-    }
-    (arg, best)
-}
-
 pub(crate) fn check_data<T: Real>(x: &[T], d: usize) -> Result<usize> {
     if d == 0 {
         return Err(CoreError::shape("x", "must have at least one column"));
     }
     if x.is_empty() || x.len() % d != 0 {
-        return Err(CoreError::shape(
-            "x",
-            "must be a non-empty 2-D array (n_rows, n_features)",
-        ));
+        return Err(CoreError::shape("x", "must be a non-empty 2-D array (n_rows, n_features)"));
     }
     if let Some(i) = first_non_finite(x) {
         return Err(CoreError::NonFinite { arg: "x", index: i });
@@ -106,35 +78,26 @@ fn assign<T: Real>(
 ) -> Partial {
     let k = centres.len() / d;
     let c: Vec<T> = centres.iter().map(|&v| T::from_f64(v)).collect();
+    let isa = Isa::detect();
+    let kd = if accumulate { k * d } else { 0 };
     let parts = map_chunks_mut(labels, CHUNK, threads, |ci, lab| {
-        let xs = &x[ci * CHUNK * d..(ci * CHUNK + lab.len()) * d];
-        let mut p = Partial {
-            sums: vec![0.0; if accumulate { k * d } else { 0 }],
-            counts: vec![0; k],
+        let mut p = Partial { sums: vec![0.0; kd], counts: vec![0; k], inertia: 0.0, changed: 0 };
+        let mut a = Assign {
+            x: &x[ci * CHUNK * d..(ci * CHUNK + lab.len()) * d],
+            d,
+            centres: &c,
+            labels: lab,
+            sums: &mut p.sums,
+            counts: &mut p.counts,
             inertia: 0.0,
             changed: 0,
         };
-        for (row, l) in xs.chunks_exact(d).zip(lab.iter_mut()) {
-            let (j, dist) = nearest(row, &c, d);
-            p.inertia += dist.to_f64();
-            p.changed += (*l != j) as u64;
-            *l = j;
-            p.counts[j as usize] += 1;
-            if accumulate {
-                let s = &mut p.sums[j as usize * d..(j as usize + 1) * d];
-                for (a, v) in s.iter_mut().zip(row) {
-                    *a += v.to_f64();
-                }
-            }
-        }
+        assign_chunk(isa, &mut a);
+        p.inertia = a.inertia;
+        p.changed = a.changed;
         p
     });
-    let mut total = Partial {
-        sums: vec![0.0; if accumulate { k * d } else { 0 }],
-        counts: vec![0; k],
-        inertia: 0.0,
-        changed: 0,
-    };
+    let mut total = Partial { sums: vec![0.0; kd], counts: vec![0; k], inertia: 0.0, changed: 0 };
     for p in parts {
         for (a, b) in total.sums.iter_mut().zip(&p.sums) {
             *a += b;
@@ -204,11 +167,7 @@ pub fn lloyd<T: Real>(
     check_centres(&centres, d)?;
     check_iter_tol(max_iter, tol)?;
     let k = centres.len() / d;
-    let tol_abs = if tol > 0.0 {
-        tol * mean_column_variance(x, d, threads)
-    } else {
-        0.0
-    };
+    let tol_abs = if tol > 0.0 { tol * mean_column_variance(x, d, threads) } else { 0.0 };
     let mut labels = vec![u32::MAX; n];
     let mut n_iter = 0;
     let mut strict = false;
@@ -240,13 +199,7 @@ pub fn lloyd<T: Real>(
         (true, Some(p)) => p,
         _ => assign(x, d, &centres, &mut labels, threads, false),
     };
-    Ok(KMeansResult {
-        labels,
-        centroids: centres,
-        sizes: p.counts,
-        inertia: p.inertia,
-        n_iter,
-    })
+    Ok(KMeansResult { labels, centroids: centres, sizes: p.counts, inertia: p.inertia, n_iter })
 }
 
 fn check_centres(c: &[f64], d: usize) -> Result<()> {
@@ -257,10 +210,7 @@ fn check_centres(c: &[f64], d: usize) -> Result<()> {
         ));
     }
     if let Some(i) = c.iter().position(|v| !v.is_finite()) {
-        return Err(CoreError::NonFinite {
-            arg: "init",
-            index: i,
-        });
+        return Err(CoreError::NonFinite { arg: "init", index: i });
     }
     Ok(())
 }
@@ -270,33 +220,43 @@ fn check_iter_tol(max_iter: usize, tol: f64) -> Result<()> {
         return Err(CoreError::value("max_iter", "must be >= 1, got 0"));
     }
     if !(tol.is_finite() && tol >= 0.0) {
-        return Err(CoreError::value(
-            "tol",
-            format!("must be finite and >= 0, got {tol}"),
-        ));
+        return Err(CoreError::value("tol", format!("must be finite and >= 0, got {tol}")));
     }
     Ok(())
 }
 
-/// Per-chunk sums of `closest`, each summed sequentially inside its chunk.
-fn chunk_sums(closest: &[f64], threads: usize) -> Vec<f64> {
-    map_chunks(closest.len().div_ceil(CHUNK), threads, |c| {
-        closest[c * CHUNK..((c + 1) * CHUNK).min(closest.len())]
-            .iter()
-            .sum()
-    })
-}
-
-/// The row whose cumulative potential first exceeds `r`.
-fn sample_index(closest: &[f64], sums: &[f64], r: f64) -> usize {
+/// The row whose cumulative potential first exceeds `r`. A pending centre (`fold`) is
+/// folded into `closest` of the chunk walked first (an idempotent update).
+fn sample_index<T: Real>(
+    x: &[T],
+    d: usize,
+    closest: &mut [f64],
+    sums: &[f64],
+    r: f64,
+    isa: Isa,
+    fold: Fold<'_, T>,
+) -> usize {
     let mut cum = 0.0;
     for (c, s) in sums.iter().enumerate() {
         if cum + s > r {
             let base = c * CHUNK;
-            for (i, v) in closest[base..(base + CHUNK).min(closest.len())]
-                .iter()
-                .enumerate()
-            {
+            let hi = (base + CHUNK).min(closest.len());
+            let cl = &mut closest[base..hi];
+            if !matches!(fold, Fold::Keep) {
+                potential_chunk(
+                    isa,
+                    &mut Potential {
+                        x: &x[base * d..hi * d],
+                        d,
+                        closest: cl,
+                        fold,
+                        sum_closest: false,
+                        cands: &[],
+                        sums: &mut [],
+                    },
+                );
+            }
+            for (i, v) in cl.iter().enumerate() {
                 cum += v;
                 if cum > r {
                     return base + i;
@@ -307,35 +267,72 @@ fn sample_index(closest: &[f64], sums: &[f64], r: f64) -> usize {
         cum += s;
     }
     // r at the very end through rounding: the last row with positive potential
+    if !matches!(fold, Fold::Keep) {
+        fold_all(x, d, closest, isa, fold, 1);
+    }
     closest.iter().rposition(|&v| v > 0.0).unwrap_or(0)
 }
 
+/// Folds a pending centre into every row's `closest`.
+fn fold_all<T: Real>(x: &[T], d: usize, closest: &mut [f64], isa: Isa, fold: Fold<'_, T>, threads: usize) {
+    map_chunks_mut(closest, CHUNK, threads, |ci, cl| {
+        let lo = ci * CHUNK;
+        potential_chunk(
+            isa,
+            &mut Potential {
+                x: &x[lo * d..(lo + cl.len()) * d],
+                d,
+                closest: cl,
+                fold,
+                sum_closest: false,
+                cands: &[],
+                sums: &mut [],
+            },
+        );
+    });
+}
+
 /// Seeded greedy k-means++: `k * d` initial centres (f64, row-major).
-pub fn kmeans_plusplus<T: Real>(
-    x: &[T],
-    d: usize,
-    k: usize,
-    seed: u64,
-    threads: usize,
-) -> Result<Vec<f64>> {
+///
+/// One pass over `x` per chosen centre: the pass that scores a centre's candidates also
+/// folds the previously chosen centre into `closest`, and the per-chunk potentials of the
+/// chosen candidate are the per-chunk sums of the new `closest`.
+pub fn kmeans_plusplus<T: Real>(x: &[T], d: usize, k: usize, seed: u64, threads: usize) -> Result<Vec<f64>> {
     let n = check_data(x, d)?;
     if k == 0 {
         return Err(CoreError::value("k", "must be >= 1, got 0"));
     }
+    let isa = Isa::detect();
     let row = |i: usize| &x[i * d..(i + 1) * d];
     let mut rng = SplitMix64::new(seed);
     let n_trials = 2 + (k as f64).ln().floor() as usize;
     let first = rng.below(n);
     let mut centres: Vec<f64> = row(first).iter().map(|v| v.to_f64()).collect();
-    let c0: Vec<T> = row(first).to_vec();
+    if k == 1 {
+        return Ok(centres);
+    }
     let mut closest = vec![0.0f64; n];
-    map_chunks_mut(&mut closest, CHUNK, threads, |ci, cl| {
-        for (i, v) in cl.iter_mut().enumerate() {
-            *v = dist2(row(ci * CHUNK + i), &c0).to_f64();
-        }
+    let mut sums: Vec<f64> = map_chunks_mut(&mut closest, CHUNK, threads, |ci, cl| {
+        let lo = ci * CHUNK;
+        let mut s = [0.0f64];
+        potential_chunk(
+            isa,
+            &mut Potential {
+                x: &x[lo * d..(lo + cl.len()) * d],
+                d,
+                closest: cl,
+                fold: Fold::Set(row(first)),
+                sum_closest: true,
+                cands: &[],
+                sums: &mut s,
+            },
+        );
+        s[0]
     });
-    let mut sums = chunk_sums(&closest, threads);
     let mut pot: f64 = sums.iter().sum();
+    // the last chosen centre, not yet folded into `closest`
+    let mut pending: Option<usize> = None;
+    let mut cand_rows: Vec<T> = Vec::with_capacity(n_trials * d);
     for _ in 1..k {
         if pot.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             // every row sits on a centre: the rest are empty copies of the first
@@ -345,28 +342,38 @@ pub fn kmeans_plusplus<T: Real>(
             }
             break;
         }
-        let cands: Vec<usize> = (0..n_trials)
-            .map(|_| {
-                let r = rng.uniform() * pot;
-                sample_index(&closest, &sums, r)
-            })
-            .collect();
-        let cand_rows: Vec<&[T]> = cands.iter().map(|&i| row(i)).collect();
-        let pots_per_chunk = map_chunks(n.div_ceil(CHUNK), threads, |ci| {
+        let fold = match pending {
+            Some(i) => Fold::Min(row(i)),
+            None => Fold::Keep,
+        };
+        let mut cands = Vec::with_capacity(n_trials);
+        for _ in 0..n_trials {
+            let r = rng.uniform() * pot;
+            cands.push(sample_index(x, d, &mut closest, &sums, r, isa, fold));
+        }
+        cand_rows.clear();
+        for &i in &cands {
+            cand_rows.extend_from_slice(row(i));
+        }
+        let per_chunk: Vec<Vec<f64>> = map_chunks_mut(&mut closest, CHUNK, threads, |ci, cl| {
             let lo = ci * CHUNK;
-            let hi = (lo + CHUNK).min(n);
-            let mut p = vec![0.0f64; n_trials];
-            for (t, cr) in cand_rows.iter().enumerate() {
-                let mut s = 0.0;
-                for (i, c) in closest[lo..hi].iter().enumerate() {
-                    s += c.min(dist2(row(lo + i), cr).to_f64());
-                }
-                p[t] = s;
-            }
-            p
+            let mut s = vec![0.0f64; n_trials];
+            potential_chunk(
+                isa,
+                &mut Potential {
+                    x: &x[lo * d..(lo + cl.len()) * d],
+                    d,
+                    closest: cl,
+                    fold,
+                    sum_closest: false,
+                    cands: &cand_rows,
+                    sums: &mut s,
+                },
+            );
+            s
         });
         let mut pots = vec![0.0f64; n_trials];
-        for p in &pots_per_chunk {
+        for p in &per_chunk {
             for (a, b) in pots.iter_mut().zip(p) {
                 *a += b;
             }
@@ -377,15 +384,13 @@ pub fn kmeans_plusplus<T: Real>(
                 best = t;
             }
         }
-        let cb = cand_rows[best];
-        map_chunks_mut(&mut closest, CHUNK, threads, |ci, cl| {
-            for (i, v) in cl.iter_mut().enumerate() {
-                *v = v.min(dist2(row(ci * CHUNK + i), cb).to_f64());
-            }
-        });
-        sums = chunk_sums(&closest, threads);
+        // the new closest's per-chunk sums are the chosen candidate's per-chunk potentials
+        for (s, p) in sums.iter_mut().zip(&per_chunk) {
+            *s = p[best];
+        }
         pot = sums.iter().sum();
-        centres.extend(cb.iter().map(|v| v.to_f64()));
+        pending = Some(cands[best]);
+        centres.extend(row(cands[best]).iter().map(|v| v.to_f64()));
     }
     Ok(centres)
 }
@@ -425,10 +430,7 @@ pub fn kmeans<T: Real>(
 pub fn count_distinct_rows<T: Real>(x: &[T], d: usize, limit: usize) -> usize {
     let mut seen: Vec<&[T]> = Vec::new();
     for row in x.chunks_exact(d) {
-        if !seen
-            .iter()
-            .any(|s| s.iter().zip(row).all(|(a, b)| a.to_f64() == b.to_f64()))
-        {
+        if !seen.iter().any(|s| s.iter().zip(row).all(|(a, b)| a.to_f64() == b.to_f64())) {
             seen.push(row);
             if seen.len() >= limit {
                 break;
@@ -495,16 +497,7 @@ mod tests {
     #[test]
     fn bad_input_is_an_error() {
         assert!(kmeans(&[0.0f64; 4], 2, 0, Init::PlusPlus { seed: 0 }, 10, 0.0, 1).is_err());
-        assert!(kmeans(
-            &[f64::NAN, 0.0],
-            2,
-            1,
-            Init::PlusPlus { seed: 0 },
-            10,
-            0.0,
-            1
-        )
-        .is_err());
+        assert!(kmeans(&[f64::NAN, 0.0], 2, 1, Init::PlusPlus { seed: 0 }, 10, 0.0, 1).is_err());
         assert!(kmeans(&[0.0f64; 3], 2, 1, Init::PlusPlus { seed: 0 }, 10, 0.0, 1).is_err());
         assert!(kmeans(&[0.0f64; 4], 2, 2, Init::Centres(&[0.0; 2]), 10, 0.0, 1).is_err());
         assert!(kmeans(&[0.0f64; 4], 2, 1, Init::PlusPlus { seed: 0 }, 0, 0.0, 1).is_err());

@@ -68,9 +68,7 @@ impl LabelMap {
         let names = std::mem::take(&mut self.names);
         for k in names {
             if self.index.contains_key(&k) {
-                return Err(CoreError::State(format!(
-                    "label {k} appears twice in the label map"
-                )));
+                return Err(CoreError::State(format!("label {k} appears twice in the label map")));
             }
             self.insert(k);
         }
@@ -123,9 +121,7 @@ impl LabelMap {
             if len != n {
                 return Err(CoreError::shape(
                     arg,
-                    format!(
-                        "has {len} entries but the batch has {n} prompts (one label per prompt)"
-                    ),
+                    format!("has {len} entries but the batch has {n} prompts (one label per prompt)"),
                 ));
             }
         }
@@ -194,10 +190,7 @@ mod tests {
         let json = serde_json::to_string(&m).unwrap();
         let mut back: LabelMap = serde_json::from_str(&json).unwrap();
         back.rebuild().unwrap();
-        assert_eq!(
-            back.map(Labels::Ints(&[70_000, 5]), 2, "g").unwrap(),
-            vec![2, 0]
-        );
+        assert_eq!(back.map(Labels::Ints(&[70_000, 5]), 2, "g").unwrap(), vec![2, 0]);
         assert_eq!(back.name(3), "f");
     }
 

@@ -5,10 +5,12 @@
 //! in `python/`, which only converts arguments, releases the GIL and maps errors.
 
 pub mod advantages;
+pub mod blocks;
 pub mod clusters;
 pub mod config;
 pub mod error;
 pub mod fair;
+pub mod kernels;
 pub mod kmeans;
 pub mod labels;
 pub mod metrics;

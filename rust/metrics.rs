@@ -3,11 +3,7 @@
 
 use std::collections::HashMap;
 
-type Contingency = (
-    HashMap<(i64, i64), f64>,
-    HashMap<i64, f64>,
-    HashMap<i64, f64>,
-);
+type Contingency = (HashMap<(i64, i64), f64>, HashMap<i64, f64>, HashMap<i64, f64>);
 
 fn contingency(a: &[i64], b: &[i64]) -> Contingency {
     let mut nij = HashMap::new();
@@ -52,11 +48,7 @@ pub fn adjusted_rand_index(a: &[i64], b: &[i64]) -> f64 {
 }
 
 fn entropy(counts: &[f64], n: f64) -> f64 {
-    counts
-        .iter()
-        .filter(|&&c| c > 0.0)
-        .map(|&c| -(c / n) * (c / n).ln())
-        .sum()
+    counts.iter().filter(|&&c| c > 0.0).map(|&c| -(c / n) * (c / n).ln()).sum()
 }
 
 /// Normalised mutual information (arithmetic normalisation); 1 when both labelings are a

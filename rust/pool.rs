@@ -30,11 +30,7 @@ where
         return (0..n_chunks).map(f).collect();
     }
     let min_len = n_chunks.div_ceil(threads).max(1);
-    (0..n_chunks)
-        .into_par_iter()
-        .with_min_len(min_len)
-        .map(f)
-        .collect()
+    (0..n_chunks).into_par_iter().with_min_len(min_len).map(f).collect()
 }
 
 /// Like [`map_chunks`] but each chunk also gets its own disjoint slice of `out`
@@ -47,17 +43,44 @@ where
 {
     let n_chunks = out.len().div_ceil(per_chunk.max(1));
     if threads <= 1 || n_chunks <= 1 {
-        return out
-            .chunks_mut(per_chunk.max(1))
+        return out.chunks_mut(per_chunk.max(1)).enumerate().map(|(i, c)| f(i, c)).collect();
+    }
+    let min_len = n_chunks.div_ceil(threads).max(1);
+    out.par_chunks_mut(per_chunk.max(1)).with_min_len(min_len).enumerate().map(|(i, c)| f(i, c)).collect()
+}
+
+/// Like [`map_chunks_mut`] over two outputs cut in step: chunk `i` gets
+/// `a[i*per*ga .. (i+1)*per*ga]` and `b[i*per .. (i+1)*per]`.
+pub fn map_chunks_mut2<A, B, R, F>(
+    a: &mut [A],
+    b: &mut [B],
+    per: usize,
+    ga: usize,
+    threads: usize,
+    f: F,
+) -> Vec<R>
+where
+    A: Send,
+    B: Send,
+    R: Send,
+    F: Fn(usize, &mut [A], &mut [B]) -> R + Sync + Send,
+{
+    let per = per.max(1);
+    let n_chunks = b.len().div_ceil(per);
+    if threads <= 1 || n_chunks <= 1 {
+        return a
+            .chunks_mut(per * ga)
+            .zip(b.chunks_mut(per))
             .enumerate()
-            .map(|(i, c)| f(i, c))
+            .map(|(i, (x, y))| f(i, x, y))
             .collect();
     }
     let min_len = n_chunks.div_ceil(threads).max(1);
-    out.par_chunks_mut(per_chunk.max(1))
+    a.par_chunks_mut(per * ga)
+        .zip(b.par_chunks_mut(per))
         .with_min_len(min_len)
         .enumerate()
-        .map(|(i, c)| f(i, c))
+        .map(|(i, (x, y))| f(i, x, y))
         .collect()
 }
 

@@ -63,10 +63,7 @@ mod tests {
 
     #[test]
     fn finds_first_non_finite() {
-        assert_eq!(
-            first_non_finite(&[1.0f32, f32::NAN, f32::INFINITY]),
-            Some(1)
-        );
+        assert_eq!(first_non_finite(&[1.0f32, f32::NAN, f32::INFINITY]), Some(1));
         assert_eq!(first_non_finite(&[1.0f64, 2.0]), None);
     }
 }

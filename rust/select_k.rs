@@ -47,21 +47,13 @@ pub struct SelectKParams {
 
 /// Fits k = 1..k_eff and applies the elbow rule. `warm[k-1]`, when present and of the
 /// right size, replaces k-means++ as the initial centres for that k.
-pub fn select_k<T: Real>(
-    x: &[T],
-    d: usize,
-    p: &SelectKParams,
-    warm: &[Vec<f64>],
-) -> Result<SelectK> {
+pub fn select_k<T: Real>(x: &[T], d: usize, p: &SelectKParams, warm: &[Vec<f64>]) -> Result<SelectK> {
     check_data(x, d)?;
     if p.k_max == 0 {
         return Err(CoreError::value("k_max", "must be >= 1, got 0"));
     }
     if !(p.tol.is_finite() && p.tol >= 0.0) {
-        return Err(CoreError::value(
-            "tol",
-            format!("must be finite and >= 0, got {}", p.tol),
-        ));
+        return Err(CoreError::value("tol", format!("must be finite and >= 0, got {}", p.tol)));
     }
     let k_eff = count_distinct_rows(x, d, p.k_max).max(1);
     let mut fits = Vec::with_capacity(k_eff);
@@ -76,12 +68,7 @@ pub fn select_k<T: Real>(
     let k = elbow(&inertias, p.tol);
     let all_centroids = fits.iter().map(|f| f.centroids.clone()).collect();
     let result = fits.swap_remove(k - 1);
-    Ok(SelectK {
-        k,
-        result,
-        inertias,
-        all_centroids,
-    })
+    Ok(SelectK { k, result, inertias, all_centroids })
 }
 
 #[cfg(test)]
@@ -101,14 +88,7 @@ mod tests {
     #[test]
     fn capped_by_distinct_rows() {
         let x = [0.0f32, 0.0, 1.0, 1.0, 0.0, 0.0];
-        let p = SelectKParams {
-            k_max: 3,
-            tol: 0.1,
-            seed: 0,
-            max_iter: 100,
-            kmeans_tol: 1e-4,
-            threads: 1,
-        };
+        let p = SelectKParams { k_max: 3, tol: 0.1, seed: 0, max_iter: 100, kmeans_tol: 1e-4, threads: 1 };
         let s = select_k(&x, 2, &p, &[]).unwrap();
         assert_eq!(s.k, 2);
         assert_eq!(s.inertias.len(), 2);

@@ -36,10 +36,19 @@ def moments(r: np.ndarray) -> tuple[float, int, float, float]:
     return s, n, mean, std
 
 
-def score(r: float, mean: float, std: float, scale: str, eps: float) -> float:
-    a = r - mean
-    if scale != "none":
-        a = a / (std + eps)
+def inv_scale(std: float, scale: str, bstd: float, eps: float, g: int) -> float:
+    """What multiplies r - mean: 1 / (std + eps), the batch std for "batch", 1 for "none"."""
+    if scale == "none":
+        return 1.0
+    if scale == "batch":
+        return 1.0 / (bstd + eps)
+    if g == 1:
+        return 1.0 / eps
+    return 1.0 / (std + eps)
+
+
+def score(r: float, mean: float, inv: float) -> float:
+    a = (r - mean) * inv
     return 0.0 if math.isnan(a) else a
 
 
@@ -74,12 +83,9 @@ def group_advantages(
     for q in range(len(rewards) // g):
         rq = rewards[q * g : (q + 1) * g]
         _, _, mean, std = moments(rq)
-        if scale == "batch":
-            std = bstd
-        elif g == 1:
-            std = 0.0
+        inv = inv_scale(std, scale, bstd, eps, g)
         for i, v in enumerate(rq):
-            out[q * g + i] = score(float(v), mean, std, scale, eps)
+            out[q * g + i] = score(float(v), mean, inv)
     return out
 
 
@@ -396,6 +402,25 @@ class _Src:
     warm: list[np.ndarray] | None = None
 
 
+@dataclass
+class _Acc:
+    n: float = 0.0
+    rsum: float = 0.0
+    rcnt: float = 0.0
+    ssum: float = 0.0
+    ssq: float = 0.0
+
+    def add(self, o: _Acc) -> None:
+        self.n += o.n
+        self.rsum += o.rsum
+        self.rcnt += o.rcnt
+        self.ssum += o.ssum
+        self.ssq += o.ssq
+
+    def run(self) -> _Run:
+        return _Run(self.n, self.rsum, self.rcnt)
+
+
 class RefFair:
     """FairAdvantage in plain numpy (refit clustering only)."""
 
@@ -421,57 +446,69 @@ class RefFair:
         sid = [self.sources.setdefault(s, len(self.sources)) for s in sources]
         gid = []
         for x in groups if groups is not None else [None] * p:
-            if x is None or x == -1 or not c["use_groups"]:
+            if x is None or x == -1:
                 gid.append(-1)
             else:
                 gid.append(self.groups.setdefault(x, len(self.groups)))
+        if not c["use_groups"]:
+            gid = [-1] * p
+        ns, ng = len(self.sources), len(self.groups)
         bstd = batch_std(rewards) if c["scale"] == "batch" else 0.0
-        ps = []
-        for q in range(p):
+
+        def prompt(q: int) -> tuple[float, int, float, float]:
             rq = rewards[q * g : (q + 1) * g]
             s_, n_, mean, std = moments(rq)
-            std = bstd if c["scale"] == "batch" else (0.0 if g == 1 else std)
-            ss, sq, smax = 0.0, 0.0, 0.0
-            for v in rq:
-                s = float(dtype(score(float(v), mean, std, c["scale"], c["eps"])))
-                ss += s
-                sq += s * s
-                smax = max(smax, abs(s))
-            ps.append(dict(sum=s_, count=n_, mean=mean, std=std, ssum=ss, ssq=sq, smax=smax))
+            return s_, n_, mean, inv_scale(std, c["scale"], bstd, c["eps"], g)
+
+        # pass 1: per chunk of prompts, sums per source and per (source, group) cell
+        src_acc = [_Acc() for _ in range(ns)]
+        cell_acc = [_Acc() for _ in range(ns * ng)]
+        unl: list[tuple[int, _Acc]] = []
+        for c0 in range(0, p, PROMPTS_PER_CHUNK):
+            part_src = [_Acc() for _ in range(ns)]
+            part_cell = [_Acc() for _ in range(ns * ng)]
+            for q in range(c0, min(c0 + PROMPTS_PER_CHUNK, p)):
+                rsum, cnt, mean, inv = prompt(q)
+                ss = sq = 0.0
+                for v in rewards[q * g : (q + 1) * g]:
+                    s = float(dtype(score(float(v), mean, inv)))
+                    ss += s
+                    sq += s * s
+                a = _Acc(1.0, rsum, float(cnt), ss, sq)
+                part_src[sid[q]].add(a)
+                if gid[q] >= 0:
+                    part_cell[sid[q] * ng + gid[q]].add(a)
+                else:
+                    unl.append((q, a))
+            for x, y in zip(src_acc, part_src, strict=True):
+                x.add(y)
+            for x, y in zip(cell_acc, part_cell, strict=True):
+                x.add(y)
         # step 2: statistics, batch first, then read
-        sb: dict[int, _Run] = {}
-        gb: dict[tuple[int, int], _Run] = {}
-        for q in range(p):
-            b = sb.setdefault(sid[q], _Run())
-            b.n += 1
-            b.rsum += ps[q]["sum"]
-            b.rcnt += ps[q]["count"]
-            if gid[q] >= 0:
-                b = gb.setdefault((sid[q], gid[q]), _Run())
-                b.n += 1
-                b.rsum += ps[q]["sum"]
-                b.rcnt += ps[q]["count"]
-        for s in range(len(self.sources)):
-            self.src_stats.setdefault(s, _Run()).fold(sb.get(s, _Run()), c["stats"], c["ema_decay"])
-            for gg in range(len(self.groups)):
+        for s in range(ns):
+            self.src_stats.setdefault(s, _Run()).fold(src_acc[s].run(), c["stats"], c["ema_decay"])
+            for gg in range(ng):
                 self.grp_stats.setdefault((s, gg), _Run()).fold(
-                    gb.get((s, gg), _Run()), c["stats"], c["ema_decay"]
+                    cell_acc[s * ng + gg].run(), c["stats"], c["ema_decay"]
                 )
         # step 3: implicit groups
         clusters = [-1] * p
-        for s in range(len(self.sources)):
-            idx = [q for q in range(p) if sid[q] == s and gid[q] < 0]
+        ks = {}
+        for s in range(ns):
+            idx = [q for q, _ in unl if sid[q] == s]
+            st = self.clusters.setdefault(s, _Src())
+            ks[s] = 0 if st.sizes is None else len(st.sizes)
             if not idx:
                 continue
             rows = []
             for q in idx:
-                fill = ps[q]["mean"] if ps[q]["count"] > 0 else 0.0
+                rsum, cnt, mean, _ = prompt(q)
+                fill = mean if cnt > 0 else 0.0
                 rq = rewards[q * g : (q + 1) * g]
                 f = np.array(
                     [np.float32(fill) if math.isnan(v) else np.float32(float(v)) for v in rq], np.float32
                 )
                 rows.append(np.sort(f) if c["features"] == "sorted" else f)
-            st = self.clusters.setdefault(s, _Src())
             st.history.append(np.array(rows, dtype=np.float32))
             w = self._window()
             if w is not None:
@@ -487,29 +524,30 @@ class RefFair:
                 st.warm if c["warm_start"] else None,
             )
             st.labels, st.centroids, st.sizes, st.warm = res.labels, res.centroids, res.sizes, allc
+            ks[s] = len(res.sizes)
             for q, lab in zip(idx, res.labels[len(hist) - len(idx) :], strict=True):
                 clusters[q] = int(lab)
-        # step 4: cells in order of first appearance, temperatures, weights
-        cells: dict[tuple, int] = {}
-        cell_info: list[dict[str, Any]] = []
-        cell_of = []
-        for q in range(p):
-            key = (sid[q], "g", gid[q]) if gid[q] >= 0 else (sid[q], "c", clusters[q])
-            if key not in cells:
-                cells[key] = len(cell_info)
-                if gid[q] >= 0:
-                    run = self.grp_stats[(sid[q], gid[q])]
-                    n, mu = run.n, run.mean()
-                else:
-                    st = self.clusters[sid[q]]
-                    cen = st.centroids[clusters[q]]
-                    tot = 0.0
-                    for v in cen:
-                        tot += v
-                    n, mu = float(st.sizes[clusters[q]]), tot / len(cen)
-                cell_info.append(dict(source=sid[q], n=n, mu=mu, count=0.0))
-            cell_info[cells[key]]["count"] += 1
-            cell_of.append(cells[key])
+        # step 4: cells = labelled (s, g) in index order, then clusters (s, j)
+        base, n_cells = {}, ns * ng
+        for s in range(ns):
+            base[s] = n_cells
+            n_cells += ks[s]
+        acc = cell_acc + [_Acc() for _ in range(n_cells - ns * ng)]
+        cell_src = [i // ng for i in range(ns * ng)] + [s for s in range(ns) for _ in range(ks[s])]
+        for q, a in unl:
+            acc[base[sid[q]] + clusters[q]].add(a)
+
+        def run_of(ci: int) -> tuple[float, float]:
+            if ci < ns * ng:
+                r = self.grp_stats[(ci // ng, ci % ng)]
+                return r.n, r.mean()
+            st = self.clusters[cell_src[ci]]
+            j = ci - base[cell_src[ci]]
+            tot = 0.0
+            for v in st.centroids[j]:
+                tot += v
+            return float(st.sizes[j]), tot / len(st.centroids[j])
+
         robust = c["weighting"] == "robust"
 
         def floor_mu(mu: float) -> float:
@@ -519,51 +557,51 @@ class RefFair:
             s: float(np.fmax(math.sqrt(r.n) * floor_mu(r.mean()), c["t_floor"]))
             for s, r in self.src_stats.items()
         }
-        factors = []
-        for ci in cell_info:
-            t = math.sqrt(ci["n"]) * floor_mu(ci["mu"])
+        active = [ci for ci in range(n_cells) if acc[ci].n > 0]
+        mult = [1.0] * n_cells
+        for ci in active:
+            n, mu = run_of(ci)
+            t = math.sqrt(n) * floor_mu(mu)
             if robust:
                 t = max(float(np.fmax(t, c["t_floor"])), 1e-12)
-            factors.append(t_src[ci["source"]] * t)
-        if robust:
-            cw = water_fill([1.0 / f for f in factors], [ci["count"] for ci in cell_info], c["w_cap"])
-        mult, div, weights = [1.0] * p, [None] * p, [1.0] * p
-        for q in range(p):
-            f = factors[cell_of[q]]
+            f = t_src[cell_src[ci]] * t
             if robust:
-                mult[q] = weights[q] = cw[cell_of[q]]
+                mult[ci] = 1.0 / f
             else:
                 with np.errstate(all="ignore"):
-                    bad = (
-                        math.isnan(f)
-                        or f == 0.0
-                        or not math.isfinite(ps[q]["smax"] / abs(f))
-                        or not math.isfinite(1.0 / f)
-                    )
-                if not bad:
-                    mult[q] = weights[q] = 1.0 / f
-                    div[q] = f
-        # step 5: renormalisation
+                    inv = np.float64(1.0) / np.float64(f)
+                if not (math.isnan(f) or f == 0.0 or not math.isfinite(inv)):
+                    mult[ci] = float(inv)
+        if robust:
+            filled = water_fill([mult[ci] for ci in active], [acc[ci].n for ci in active], c["w_cap"])
+            for ci, w in zip(active, filled, strict=True):
+                mult[ci] = w
+        # step 5: renormalisation from the cell sums
         sa = saa = nv = 0.0
-        for q in range(p):
-            m = mult[q]
-            sa += m * ps[q]["ssum"]
-            saa += m * m * ps[q]["ssq"]
-            nv += ps[q]["count"]
+        for ci in active:
+            m = mult[ci]
+            sa += m * acc[ci].ssum
+            saa += m * m * acc[ci].ssq
+            nv += acc[ci].rcnt
         mean_a = sa / nv if nv > 0 else 0.0
         std_a = math.sqrt(max(saa - sa * sa / nv, 0.0) / (nv - 1)) if nv > 1 else 0.0
-        shift, denom = {
-            "std": (0.0, std_a + c["renorm_eps"]),
-            "zscore": (mean_a, std_a + c["renorm_eps"]),
+        shift, inv_denom = {
+            "std": (0.0, 1.0 / (std_a + c["renorm_eps"])),
+            "zscore": (mean_a, 1.0 / (std_a + c["renorm_eps"])),
             "none": (0.0, 1.0),
         }[c["renorm"]]
         out = np.zeros_like(rewards)
+        weights = np.zeros(p)
         for q in range(p):
+            ci = sid[q] * ng + gid[q] if gid[q] >= 0 else base[sid[q]] + clusters[q]
+            weights[q] = mult[ci]
+            _, _, mean, inv = prompt(q)
             for i in range(g):
                 r = rewards[q * g + i]
                 if np.isnan(r):
                     continue
-                s = float(dtype(score(float(r), ps[q]["mean"], ps[q]["std"], c["scale"], c["eps"])))
-                a = s / div[q] if div[q] is not None else s * mult[q]
-                out[q * g + i] = dtype((a - shift) / denom)
-        return out, np.array(weights), np.array(clusters)
+                s = float(dtype(score(float(r), mean, inv)))
+                a = s * mult[ci]
+                a = a if math.isfinite(a) else s
+                out[q * g + i] = dtype((a - shift) * inv_denom)
+        return out, weights, np.array(clusters)

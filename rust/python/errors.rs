@@ -11,12 +11,7 @@ create_exception!(
     PyValueError,
     "Base class of every error FairGRPO raises (a ValueError)."
 );
-create_exception!(
-    fairgrpo,
-    ShapeError,
-    FairGRPOError,
-    "An argument has the wrong shape or length."
-);
+create_exception!(fairgrpo, ShapeError, FairGRPOError, "An argument has the wrong shape or length.");
 create_exception!(
     fairgrpo,
     OptionError,
@@ -29,12 +24,7 @@ create_exception!(
     FairGRPOError,
     "An argument holds NaN or infinity where only finite numbers are allowed."
 );
-create_exception!(
-    fairgrpo,
-    StateError,
-    FairGRPOError,
-    "A saved FairAdvantage state could not be restored."
-);
+create_exception!(fairgrpo, StateError, FairGRPOError, "A saved FairAdvantage state could not be restored.");
 
 impl From<CoreError> for PyErr {
     fn from(e: CoreError) -> PyErr {

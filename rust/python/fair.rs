@@ -12,12 +12,7 @@ use numpy::IntoPyArray;
 use pyo3::prelude::*;
 
 /// `(advantages, weights, clusters, report_json)` of one step.
-type StepResult<'py> = (
-    Bound<'py, PyAny>,
-    Bound<'py, PyAny>,
-    Bound<'py, PyAny>,
-    String,
-);
+type StepResult<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>, String);
 
 /// Stateful FairGRPO advantages (see ``fairgrpo.FairAdvantage`` for the documented API).
 #[pyclass(module = "fairgrpo._core", name = "FairCore")]
@@ -38,17 +33,14 @@ impl FairCore {
     /// Creates the state from a JSON object of options (every field of the config).
     #[new]
     fn new(config_json: &str) -> PyResult<Self> {
-        let config: FairConfig = serde_json::from_str(config_json)
-            .map_err(|e| CoreError::value("config", e.to_string()))?;
-        Ok(FairCore {
-            inner: FairAdvantage::new(config)?,
-        })
+        let config: FairConfig =
+            serde_json::from_str(config_json).map_err(|e| CoreError::value("config", e.to_string()))?;
+        Ok(FairCore { inner: FairAdvantage::new(config)? })
     }
 
     /// The options, as JSON.
     fn config_json(&self) -> PyResult<String> {
-        serde_json::to_string(&self.inner.config)
-            .map_err(|e| CoreError::State(e.to_string()).into())
+        serde_json::to_string(&self.inner.config).map_err(|e| CoreError::State(e.to_string()).into())
     }
 
     /// The whole state, as JSON (floats round-trip exactly).
@@ -59,9 +51,7 @@ impl FairCore {
     /// Restores a state written by ``state_json``.
     #[staticmethod]
     fn from_state_json(state: &str) -> PyResult<Self> {
-        Ok(FairCore {
-            inner: FairAdvantage::from_json(state)?,
-        })
+        Ok(FairCore { inner: FairAdvantage::from_json(state)? })
     }
 
     /// Steps taken so far.
@@ -84,11 +74,8 @@ impl FairCore {
         let s = labels_arg(sources, "sources")?;
         let g = labels_arg(groups, "groups")?;
         let t = labels_arg(true_groups, "true_groups")?;
-        let (ls, lg, lt) = (
-            as_labels(&s, "sources")?,
-            as_labels(&g, "groups")?,
-            as_labels(&t, "true_groups")?,
-        );
+        let (ls, lg, lt) =
+            (as_labels(&s, "sources")?, as_labels(&g, "groups")?, as_labels(&t, "true_groups")?);
         let inner = &mut self.inner;
         fn run<T: Real>(
             fa: &mut FairAdvantage,
@@ -100,8 +87,7 @@ impl FairCore {
         ) -> crate::Result<(Vec<T>, StepOutput, String)> {
             let mut out = vec![T::ZERO; r.len()];
             let o = fa.step(r, gs, ls, lg, lt, &mut out)?;
-            let json =
-                serde_json::to_string(&o.report).map_err(|e| CoreError::State(e.to_string()))?;
+            let json = serde_json::to_string(&o.report).map_err(|e| CoreError::State(e.to_string()))?;
             Ok((out, o, json))
         }
         let (adv, o, json) = match &rewards {
@@ -117,7 +103,6 @@ impl FairCore {
             }
         };
         let w = o.weights.into_pyarray(py).into_any();
-        let c: Vec<i64> = o.clusters.iter().map(|&v| v as i64).collect();
-        Ok((adv, w, c.into_pyarray(py).into_any(), json))
+        Ok((adv, w, o.clusters.into_pyarray(py).into_any(), json))
     }
 }

@@ -10,9 +10,7 @@ use crate::pool::resolve_threads;
 use crate::real::Real;
 use crate::select_k::{self as core_select, SelectKParams};
 use numpy::ndarray::Array2;
-use numpy::{
-    IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
-};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 /// GRPO group-relative advantages, exactly as TRL 1.16's ``GRPOTrainer``.
@@ -51,15 +49,11 @@ pub fn group_advantages<'py>(
     Ok(match rewards {
         Floats1::F32(a) => {
             let r = contiguous(&a, "rewards")?;
-            detach(py, || run(r, group_size, scale, eps, threads))?
-                .into_pyarray(py)
-                .into_any()
+            detach(py, || run(r, group_size, scale, eps, threads))?.into_pyarray(py).into_any()
         }
         Floats1::F64(a) => {
             let r = contiguous(&a, "rewards")?;
-            detach(py, || run(r, group_size, scale, eps, threads))?
-                .into_pyarray(py)
-                .into_any()
+            detach(py, || run(r, group_size, scale, eps, threads))?.into_pyarray(py).into_any()
         }
     })
 }
@@ -87,10 +81,7 @@ pub struct KMeansResult {
 #[pymethods]
 impl KMeansResult {
     fn __repr__(&self) -> String {
-        format!(
-            "KMeansResult(inertia={}, n_iter={})",
-            self.inertia, self.n_iter
-        )
+        format!("KMeansResult(inertia={}, n_iter={})", self.inertia, self.n_iter)
     }
 }
 
@@ -99,21 +90,9 @@ fn to_py(py: Python<'_>, r: CoreResult, d: usize) -> PyResult<KMeansResult> {
     let centroids = Array2::from_shape_vec((k, d), r.centroids)
         .map_err(|e| super::errors::FairGRPOError::new_err(e.to_string()))?;
     Ok(KMeansResult {
-        labels: r
-            .labels
-            .into_iter()
-            .map(|v| v as i64)
-            .collect::<Vec<_>>()
-            .into_pyarray(py)
-            .unbind(),
+        labels: r.labels.into_iter().map(|v| v as i64).collect::<Vec<_>>().into_pyarray(py).unbind(),
         centroids: centroids.into_pyarray(py).unbind(),
-        sizes: r
-            .sizes
-            .into_iter()
-            .map(|v| v as i64)
-            .collect::<Vec<_>>()
-            .into_pyarray(py)
-            .unbind(),
+        sizes: r.sizes.into_iter().map(|v| v as i64).collect::<Vec<_>>().into_pyarray(py).unbind(),
         inertia: r.inertia,
         n_iter: r.n_iter,
     })
@@ -163,21 +142,11 @@ pub fn kmeans_py(
     let (res, d) = match &x {
         Floats2::F32(a) => {
             let (xs, d) = data(a)?;
-            (
-                detach(py, || {
-                    core_kmeans::kmeans(xs, d, k, mk(), max_iter, tol, threads)
-                })?,
-                d,
-            )
+            (detach(py, || core_kmeans::kmeans(xs, d, k, mk(), max_iter, tol, threads))?, d)
         }
         Floats2::F64(a) => {
             let (xs, d) = data(a)?;
-            (
-                detach(py, || {
-                    core_kmeans::kmeans(xs, d, k, mk(), max_iter, tol, threads)
-                })?,
-                d,
-            )
+            (detach(py, || core_kmeans::kmeans(xs, d, k, mk(), max_iter, tol, threads))?, d)
         }
     };
     to_py(py, res, d)
@@ -197,17 +166,11 @@ pub fn kmeans_plusplus<'py>(
     let (c, d) = match &x {
         Floats2::F32(a) => {
             let (xs, d) = data(a)?;
-            (
-                detach(py, || core_kmeans::kmeans_plusplus(xs, d, k, seed, threads))?,
-                d,
-            )
+            (detach(py, || core_kmeans::kmeans_plusplus(xs, d, k, seed, threads))?, d)
         }
         Floats2::F64(a) => {
             let (xs, d) = data(a)?;
-            (
-                detach(py, || core_kmeans::kmeans_plusplus(xs, d, k, seed, threads))?,
-                d,
-            )
+            (detach(py, || core_kmeans::kmeans_plusplus(xs, d, k, seed, threads))?, d)
         }
     };
     let arr = Array2::from_shape_vec((c.len() / d, d), c)
@@ -230,14 +193,7 @@ pub fn select_k_py(
     n_threads: Option<usize>,
 ) -> PyResult<(usize, KMeansResult, Vec<f64>)> {
     let threads = resolve_threads(n_threads)?;
-    let p = SelectKParams {
-        k_max,
-        tol,
-        seed,
-        max_iter,
-        kmeans_tol,
-        threads,
-    };
+    let p = SelectKParams { k_max, tol, seed, max_iter, kmeans_tol, threads };
     let (s, d) = match &x {
         Floats2::F32(a) => {
             let (xs, d) = data(a)?;
@@ -253,10 +209,7 @@ pub fn select_k_py(
 
 /// Adjusted Rand index of two labelings (int64 arrays of the same length).
 #[pyfunction]
-pub fn adjusted_rand_index(
-    a: PyReadonlyArray1<'_, i64>,
-    b: PyReadonlyArray1<'_, i64>,
-) -> PyResult<f64> {
+pub fn adjusted_rand_index(a: PyReadonlyArray1<'_, i64>, b: PyReadonlyArray1<'_, i64>) -> PyResult<f64> {
     let (a, b) = (contiguous(&a, "a")?, contiguous(&b, "b")?);
     same_len(a, b)?;
     Ok(metrics::adjusted_rand_index(a, b))
@@ -264,10 +217,7 @@ pub fn adjusted_rand_index(
 
 /// Normalised mutual information (arithmetic mean) of two labelings.
 #[pyfunction]
-pub fn normalized_mutual_info(
-    a: PyReadonlyArray1<'_, i64>,
-    b: PyReadonlyArray1<'_, i64>,
-) -> PyResult<f64> {
+pub fn normalized_mutual_info(a: PyReadonlyArray1<'_, i64>, b: PyReadonlyArray1<'_, i64>) -> PyResult<f64> {
     let (a, b) = (contiguous(&a, "a")?, contiguous(&b, "b")?);
     same_len(a, b)?;
     Ok(metrics::normalized_mutual_info(a, b))
@@ -275,11 +225,9 @@ pub fn normalized_mutual_info(
 
 fn same_len(a: &[i64], b: &[i64]) -> PyResult<()> {
     if a.len() != b.len() {
-        return Err(crate::CoreError::shape(
-            "b",
-            format!("has length {} but `a` has {}", b.len(), a.len()),
-        )
-        .into());
+        return Err(
+            crate::CoreError::shape("b", format!("has length {} but `a` has {}", b.len(), a.len())).into()
+        );
     }
     Ok(())
 }

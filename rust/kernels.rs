@@ -1,0 +1,948 @@
+//! Lane-parallel k-means kernels: nearest-centre assignment fused with the Lloyd
+//! accumulation, and the k-means++ potential sums.
+//!
+//! Conventions (they define the results; `kmeans.rs` documents them for users):
+//! - rows are processed in tiles of [`LANES`] rows; a tile is transposed to feature-major
+//!   order so that the distances of all its rows to one centre come out of lane-wise
+//!   operations. Each lane computes exactly the scalar sum `s = e_0*e_0`, then
+//!   `s = s + e_t*e_t` for t = 1..d, with `e_t = x_t - c_t` in the input precision (the
+//!   scalar definition starts from `0 + e_0*e_0`, which equals `e_0*e_0` exactly because a
+//!   square is never -0). Nearest centre: strict `<` from `T::MAX`, ties to the lowest index.
+//! - f64 accumulations over rows (Lloyd's per-centre sums and the inertia) go to [`LANES`]
+//!   accumulators: row `i` of a chunk (counted from the chunk start) adds to accumulator
+//!   `i % LANES`, in row order; the caller combines the accumulators in lane order.
+//! - the k-means++ potentials are plain sequential f64 sums over the rows of a chunk.
+//!
+//! Every instruction-set path runs the same generic code, only compiled with different
+//! target features, and Rust never contracts `a * b + c` into an FMA: the per-lane
+//! operations, and so the results, are identical on every CPU.
+
+use crate::real::Real;
+
+/// Rows per tile, and number of per-lane f64 accumulators.
+pub const LANES: usize = 16;
+
+/// The instruction set the kernels are compiled for (detected once per pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// The build's baseline target features (SSE2 on x86-64).
+    Portable,
+    /// x86-64 with AVX2.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// x86-64 with AVX-512 (F, VL, BW, DQ).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Isa {
+    /// The widest path this CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+            {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every path this CPU can run (for tests and benchmarks).
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                v.push(Isa::Avx2);
+            }
+            if Isa::detect() == Isa::Avx512 {
+                v.push(Isa::Avx512);
+            }
+        }
+        v
+    }
+}
+
+/// One chunk of a Lloyd pass: labels every row and, per centre, counts its rows and (if
+/// `sums` is not empty) sums them; the f64 sums and the inertia go through the per-lane
+/// accumulators, combined in lane order before they are added to the outputs.
+pub struct Assign<'a, T> {
+    /// The chunk's rows, `labels.len() * d` values.
+    pub x: &'a [T],
+    pub d: usize,
+    /// Centres in the input precision, `k * d` values.
+    pub centres: &'a [T],
+    /// Labels of the chunk's rows: read (to count changes) and overwritten.
+    pub labels: &'a mut [u32],
+    /// Per-centre sums, `k * d` values (added to), or empty to skip the accumulation.
+    pub sums: &'a mut [f64],
+    /// Rows per centre, `k` values (added to).
+    pub counts: &'a mut [u64],
+    /// Sum of the distances of the rows to their nearest centre (added to).
+    pub inertia: f64,
+    /// How many labels changed (added to).
+    pub changed: u64,
+}
+
+/// How a k-means++ pass updates `closest` before summing the candidates' potentials.
+#[derive(Debug, Clone, Copy)]
+pub enum Fold<'a, T> {
+    /// Leave `closest` as it is.
+    Keep,
+    /// `closest = dist(row, c)`.
+    Set(&'a [T]),
+    /// `closest = min(closest, dist(row, c))`.
+    Min(&'a [T]),
+}
+
+/// One chunk of a k-means++ pass.
+pub struct Potential<'a, T> {
+    /// The chunk's rows, `closest.len() * d` values.
+    pub x: &'a [T],
+    pub d: usize,
+    /// Squared distance (f64) of every row of the chunk to its nearest chosen centre.
+    pub closest: &'a mut [f64],
+    pub fold: Fold<'a, T>,
+    /// Also add the (updated) `closest` into `sums[0]`, sequentially.
+    pub sum_closest: bool,
+    /// Candidate centres, `m * d` values: `sums[sum_closest as usize + t]` gets the
+    /// sequential sum of `min(closest, dist(row, cand_t))`.
+    pub cands: &'a [T],
+    pub sums: &'a mut [f64],
+}
+
+/// Labels one chunk (see [`Assign`]).
+pub fn assign_chunk<T: Real>(isa: Isa, a: &mut Assign<'_, T>) {
+    match isa {
+        // SAFETY: `Isa::Avx512` / `Isa::Avx2` come from `Isa::detect`/`Isa::available`,
+        // which checked that the CPU supports the features these functions enable.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { assign_avx512(a) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { assign_avx2(a) },
+        Isa::Portable => assign_any::<T, false>(a),
+    }
+}
+
+/// Runs one chunk of a k-means++ pass (see [`Potential`]).
+pub fn potential_chunk<T: Real>(isa: Isa, p: &mut Potential<'_, T>) {
+    match isa {
+        // SAFETY: `Isa::Avx512` / `Isa::Avx2` come from `Isa::detect`/`Isa::available`,
+        // which checked that the CPU supports the features these functions enable.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { potential_avx512(p) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { potential_avx2(p) },
+        Isa::Portable => potential_any::<T, false>(p),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,popcnt")]
+unsafe fn assign_avx512<T: Real>(a: &mut Assign<'_, T>) {
+    assign_any::<T, true>(a)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx,popcnt")]
+unsafe fn assign_avx2<T: Real>(a: &mut Assign<'_, T>) {
+    assign_any::<T, false>(a)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,popcnt")]
+unsafe fn potential_avx512<T: Real>(p: &mut Potential<'_, T>) {
+    potential_any::<T, true>(p)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx,popcnt")]
+unsafe fn potential_avx2<T: Real>(p: &mut Potential<'_, T>) {
+    potential_any::<T, false>(p)
+}
+
+/// Dispatches on the row length: a fully unrolled kernel for d = 1..=16, the row-wise
+/// kernel (same results) above.
+macro_rules! by_dim {
+    ($d:expr, $tiled:ident, $rows:ident, $arg:expr) => {
+        match $d {
+            1 => $tiled::<T, 1, X512>($arg),
+            2 => $tiled::<T, 2, X512>($arg),
+            3 => $tiled::<T, 3, X512>($arg),
+            4 => $tiled::<T, 4, X512>($arg),
+            5 => $tiled::<T, 5, X512>($arg),
+            6 => $tiled::<T, 6, X512>($arg),
+            7 => $tiled::<T, 7, X512>($arg),
+            8 => $tiled::<T, 8, X512>($arg),
+            9 => $tiled::<T, 9, X512>($arg),
+            10 => $tiled::<T, 10, X512>($arg),
+            11 => $tiled::<T, 11, X512>($arg),
+            12 => $tiled::<T, 12, X512>($arg),
+            13 => $tiled::<T, 13, X512>($arg),
+            14 => $tiled::<T, 14, X512>($arg),
+            15 => $tiled::<T, 15, X512>($arg),
+            16 => $tiled::<T, 16, X512>($arg),
+            _ => $rows($arg),
+        }
+    };
+}
+
+/// `X512`: compiled with AVX-512 enabled (only data movement depends on it).
+#[inline(always)]
+fn assign_any<T: Real, const X512: bool>(a: &mut Assign<'_, T>) {
+    by_dim!(a.d, assign_tiled, assign_rows, a)
+}
+
+#[inline(always)]
+fn potential_any<T: Real, const X512: bool>(p: &mut Potential<'_, T>) {
+    by_dim!(p.d, potential_tiled, potential_rows, p)
+}
+
+/// Squared distance of one row to one centre (the scalar definition).
+#[inline(always)]
+pub fn dist2<T: Real>(x: &[T], c: &[T]) -> T {
+    let mut s = T::ZERO;
+    for (a, b) in x.iter().zip(c) {
+        let e = a.sub(*b);
+        s = s.add(e.mul(e));
+    }
+    s
+}
+
+/// Loads rows `[0, m)` of a tile into feature-major order (`xt`) and into rows padded with
+/// zeros to 16 values (`rowsp`, only with `ROWS`); other lanes are zero.
+#[inline(always)]
+fn load_tile<T: Real, const D: usize, const ROWS: bool>(
+    rows: &[T],
+    m: usize,
+    xt: &mut [[T; LANES]; D],
+    rowsp: &mut [[T; LANES]; LANES],
+) {
+    if m == LANES {
+        let rows = &rows[..LANES * D];
+        for l in 0..LANES {
+            for t in 0..D {
+                xt[t][l] = rows[l * D + t];
+            }
+        }
+    } else {
+        for col in xt.iter_mut() {
+            *col = [T::ZERO; LANES];
+        }
+        for (l, row) in rows[..m * D].chunks_exact(D).enumerate() {
+            for t in 0..D {
+                xt[t][l] = row[t];
+            }
+        }
+    }
+    if ROWS {
+        for (l, rp) in rowsp.iter_mut().enumerate() {
+            *rp = [T::ZERO; LANES];
+            if l < m {
+                rp[..D].copy_from_slice(&rows[l * D..(l + 1) * D]);
+            }
+        }
+    }
+}
+
+/// Squared distances of the tile's lanes to one centre.
+#[inline(always)]
+fn tile_dist<T: Real, const D: usize>(xt: &[[T; LANES]; D], c: &[T; D]) -> [T; LANES] {
+    let mut s = [T::ZERO; LANES];
+    let c0 = c[0];
+    for l in 0..LANES {
+        let e = xt[0][l].sub(c0);
+        s[l] = e.mul(e);
+    }
+    for t in 1..D {
+        let ct = c[t];
+        for l in 0..LANES {
+            let e = xt[t][l].sub(ct);
+            s[l] = s[l].add(e.mul(e));
+        }
+    }
+    s
+}
+
+#[inline(always)]
+fn assign_tiled<T: Real, const D: usize, const X512: bool>(a: &mut Assign<'_, T>) {
+    #[cfg(target_arch = "x86_64")]
+    if X512 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: T is f32 (checked just above), so this only renames the type; X512 means
+        // this code is inlined into a function compiled with AVX-512 enabled, which
+        // `Isa::detect` checked before calling it.
+        unsafe { avx512::assign_f32::<D>(&mut *(a as *mut Assign<'_, T>).cast::<Assign<'_, f32>>()) };
+        return;
+    }
+    let n = a.labels.len();
+    let k = a.centres.len() / D;
+    let accumulate = !a.sums.is_empty();
+    // per-lane sums, rows padded to P values: lane-major [lane][centre][P]
+    let pw = if D <= 8 { 8 } else { LANES };
+    let mut lane_sums = vec![0.0f64; if accumulate { LANES * k * pw } else { 0 }];
+    let mut lane_counts = vec![0u64; LANES * k];
+    let mut lane_inertia = [0.0f64; LANES];
+    let x = &a.x[..n * D];
+    let mut xt = [[T::ZERO; LANES]; D];
+    let mut rowsp = [[T::ZERO; LANES]; LANES];
+    let mut changed = 0u64;
+    for (ti, rows) in x.chunks(LANES * D).enumerate() {
+        let m = rows.len() / D;
+        if accumulate {
+            load_tile::<T, D, true>(rows, m, &mut xt, &mut rowsp);
+        } else {
+            load_tile::<T, D, false>(rows, m, &mut xt, &mut rowsp);
+        }
+        let mut best = [T::MAX; LANES];
+        let mut arg = [0u32; LANES];
+        for (j, c) in a.centres.chunks_exact(D).enumerate() {
+            let s = tile_dist(&xt, c.try_into().unwrap());
+            for l in 0..LANES {
+                let lt = s[l] < best[l];
+                best[l] = if lt { s[l] } else { best[l] };
+                arg[l] = if lt { j as u32 } else { arg[l] };
+            }
+        }
+        let lab = &mut a.labels[ti * LANES..ti * LANES + m];
+        if m == LANES {
+            let lab: &mut [u32; LANES] = lab.try_into().unwrap();
+            let mut ch = 0u32;
+            for l in 0..LANES {
+                ch += (lab[l] != arg[l]) as u32;
+                lab[l] = arg[l];
+                lane_inertia[l] += best[l].to_f64();
+            }
+            changed += ch as u64;
+        } else {
+            for l in 0..m {
+                changed += (lab[l] != arg[l]) as u64;
+                lab[l] = arg[l];
+                lane_inertia[l] += best[l].to_f64();
+            }
+        }
+        for l in 0..m {
+            let j = arg[l] as usize;
+            lane_counts[l * k + j] += 1;
+            if accumulate {
+                let o = (l * k + j) * pw;
+                if D <= 8 {
+                    let s: &mut [f64; 8] = (&mut lane_sums[o..o + 8]).try_into().unwrap();
+                    for t in 0..8 {
+                        s[t] += rowsp[l][t].to_f64();
+                    }
+                } else {
+                    let s: &mut [f64; LANES] = (&mut lane_sums[o..o + LANES]).try_into().unwrap();
+                    for t in 0..LANES {
+                        s[t] += rowsp[l][t].to_f64();
+                    }
+                }
+            }
+        }
+    }
+    finish_assign(a, &lane_sums, pw, &lane_counts, &lane_inertia, changed);
+}
+
+/// Combines the per-lane accumulators in lane order and adds them to the outputs.
+#[inline(always)]
+fn finish_assign<T: Real>(
+    a: &mut Assign<'_, T>,
+    lane_sums: &[f64],
+    pw: usize,
+    lane_counts: &[u64],
+    lane_inertia: &[f64; LANES],
+    changed: u64,
+) {
+    let d = a.d;
+    let k = a.counts.len();
+    if !a.sums.is_empty() {
+        let mut tot = vec![0.0f64; k * d];
+        for lane in lane_sums.chunks_exact(k * pw) {
+            for (t, s) in tot.chunks_exact_mut(d).zip(lane.chunks_exact(pw)) {
+                for (a, b) in t.iter_mut().zip(s) {
+                    *a += b;
+                }
+            }
+        }
+        for (a, b) in a.sums.iter_mut().zip(&tot) {
+            *a += b;
+        }
+    }
+    for lane in lane_counts.chunks_exact(k) {
+        for (a, b) in a.counts.iter_mut().zip(lane) {
+            *a += b;
+        }
+    }
+    let mut inertia = 0.0;
+    for v in lane_inertia {
+        inertia += v;
+    }
+    a.inertia += inertia;
+    a.changed += changed;
+}
+
+/// The row-wise kernel for any d, with the same conventions as [`assign_tiled`].
+#[inline(always)]
+fn assign_rows<T: Real>(a: &mut Assign<'_, T>) {
+    let d = a.d;
+    let k = a.centres.len() / d;
+    let accumulate = !a.sums.is_empty();
+    let mut lane_sums = vec![0.0f64; if accumulate { LANES * k * d } else { 0 }];
+    let mut lane_counts = vec![0u64; LANES * k];
+    let mut lane_inertia = [0.0f64; LANES];
+    let mut changed = 0u64;
+    for (i, (row, lab)) in a.x.chunks_exact(d).zip(a.labels.iter_mut()).enumerate() {
+        let l = i % LANES;
+        let mut best = T::MAX;
+        let mut j = 0usize;
+        for (jj, c) in a.centres.chunks_exact(d).enumerate() {
+            let v = dist2(row, c);
+            if v < best {
+                best = v;
+                j = jj;
+            }
+        }
+        changed += (*lab != j as u32) as u64;
+        *lab = j as u32;
+        lane_inertia[l] += best.to_f64();
+        lane_counts[l * k + j] += 1;
+        if accumulate {
+            let s = &mut lane_sums[(l * k + j) * d..(l * k + j + 1) * d];
+            for (acc, v) in s.iter_mut().zip(row) {
+                *acc += v.to_f64();
+            }
+        }
+    }
+    finish_assign(a, &lane_sums, d, &lane_counts, &lane_inertia, changed);
+}
+
+#[inline(always)]
+fn potential_tiled<T: Real, const D: usize, const X512: bool>(p: &mut Potential<'_, T>) {
+    #[cfg(target_arch = "x86_64")]
+    if X512 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: as in `assign_tiled`.
+        unsafe {
+            avx512::potential_f32::<D>(&mut *(p as *mut Potential<'_, T>).cast::<Potential<'_, f32>>())
+        };
+        return;
+    }
+    let n = p.closest.len();
+    let x = &p.x[..n * D];
+    let off = p.sum_closest as usize;
+    let mut xt = [[T::ZERO; LANES]; D];
+    let mut rowsp = [[T::ZERO; LANES]; LANES];
+    for (ti, rows) in x.chunks(LANES * D).enumerate() {
+        let m = rows.len() / D;
+        load_tile::<T, D, false>(rows, m, &mut xt, &mut rowsp);
+        let cl = &mut p.closest[ti * LANES..ti * LANES + m];
+        let mut lanes = [0.0f64; LANES];
+        lanes[..m].copy_from_slice(cl);
+        match p.fold {
+            Fold::Keep => {}
+            Fold::Set(c) => {
+                let s = tile_dist(&xt, c.try_into().unwrap());
+                for l in 0..LANES {
+                    lanes[l] = s[l].to_f64();
+                }
+                cl.copy_from_slice(&lanes[..m]);
+            }
+            Fold::Min(c) => {
+                let s = tile_dist(&xt, c.try_into().unwrap());
+                for l in 0..LANES {
+                    let v = s[l].to_f64();
+                    lanes[l] = if v < lanes[l] { v } else { lanes[l] };
+                }
+                cl.copy_from_slice(&lanes[..m]);
+            }
+        }
+        if p.sum_closest {
+            let mut acc = p.sums[0];
+            for &v in &lanes[..m] {
+                acc += v;
+            }
+            p.sums[0] = acc;
+        }
+        for (t, c) in p.cands.chunks_exact(D).enumerate() {
+            let s = tile_dist(&xt, c.try_into().unwrap());
+            let mut v = [0.0f64; LANES];
+            for l in 0..LANES {
+                let e = s[l].to_f64();
+                v[l] = if e < lanes[l] { e } else { lanes[l] };
+            }
+            let mut acc = p.sums[off + t];
+            for &e in &v[..m] {
+                acc += e;
+            }
+            p.sums[off + t] = acc;
+        }
+    }
+}
+
+/// The row-wise k-means++ kernel for any d, with the same results as [`potential_tiled`].
+#[inline(always)]
+fn potential_rows<T: Real>(p: &mut Potential<'_, T>) {
+    let d = p.d;
+    let off = p.sum_closest as usize;
+    for (row, cl) in p.x.chunks_exact(d).zip(p.closest.iter_mut()) {
+        match p.fold {
+            Fold::Keep => {}
+            Fold::Set(c) => *cl = dist2(row, c).to_f64(),
+            Fold::Min(c) => {
+                let v = dist2(row, c).to_f64();
+                if v < *cl {
+                    *cl = v;
+                }
+            }
+        }
+        if p.sum_closest {
+            p.sums[0] += *cl;
+        }
+        for (t, c) in p.cands.chunks_exact(d).enumerate() {
+            let v = dist2(row, c).to_f64();
+            p.sums[off + t] += if v < *cl { v } else { *cl };
+        }
+    }
+}
+
+/// AVX-512 versions of the tiled kernels for f32 (the same per-lane operations, in the
+/// same order, as the generic code; only the data movement differs).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{dist2, finish_assign, Assign, Fold, Potential, LANES};
+    use std::arch::x86_64::*;
+
+    /// Transposes 16 rows of `D <= 16` f32 values (row-major at `x`) into `D` columns
+    /// (`xt`); `r` gets the rows, zero-padded to 16 values.
+    ///
+    /// # Safety
+    /// AVX-512F must be available and `x` valid for `16 * D` reads.
+    #[inline(always)]
+    unsafe fn transpose<const D: usize>(x: *const f32, r: &mut [__m512; 16], xt: &mut [__m512; D]) {
+        let mask = ((1u32 << D) - 1) as __mmask16;
+        for (l, v) in r.iter_mut().enumerate() {
+            *v = _mm512_maskz_loadu_ps(mask, x.add(l * D));
+        }
+        // 4x4 blocks inside 128-bit lanes, then 128-bit lanes across registers
+        let mut a = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            a[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        let mut b = [_mm512_setzero_ps(); 16];
+        for i in 0..4 {
+            for h in 0..2 {
+                let x0 = _mm512_castps_pd(a[4 * i + h]);
+                let x1 = _mm512_castps_pd(a[4 * i + 2 + h]);
+                b[4 * i + h] = _mm512_castpd_ps(_mm512_unpacklo_pd(x0, x1));
+                b[4 * i + 2 + h] = _mm512_castpd_ps(_mm512_unpackhi_pd(x0, x1));
+            }
+        }
+        let mut c = [_mm512_setzero_ps(); 16];
+        for i in 0..2 {
+            for h in 0..4 {
+                c[8 * i + h] = _mm512_shuffle_f32x4::<0x88>(b[8 * i + h], b[8 * i + 4 + h]);
+                c[8 * i + 4 + h] = _mm512_shuffle_f32x4::<0xDD>(b[8 * i + h], b[8 * i + 4 + h]);
+            }
+        }
+        // b[4i + m] holds column 4q + [0, 2, 1, 3][m] in 128-bit lane q
+        const CM: [usize; 4] = [0, 2, 1, 3];
+        for h in 0..8 {
+            let col = 4 * (h / 4) + CM[h % 4];
+            if col < D {
+                xt[col] = _mm512_shuffle_f32x4::<0x88>(c[h], c[8 + h]);
+            }
+            if col + 8 < D {
+                xt[col + 8] = _mm512_shuffle_f32x4::<0xDD>(c[h], c[8 + h]);
+            }
+        }
+    }
+
+    /// Squared distances of the 16 lanes to the centre at `c` (`s = e0*e0`, then
+    /// `s = s + e*e` in feature order).
+    ///
+    /// # Safety
+    /// AVX-512F must be available and `c` valid for `D` reads.
+    #[inline(always)]
+    unsafe fn dist<const D: usize>(xt: &[__m512; D], c: *const f32) -> __m512 {
+        let e = _mm512_sub_ps(xt[0], _mm512_set1_ps(*c));
+        let mut s = _mm512_mul_ps(e, e);
+        for (t, x) in xt.iter().enumerate().skip(1) {
+            let e = _mm512_sub_ps(*x, _mm512_set1_ps(*c.add(t)));
+            s = _mm512_add_ps(s, _mm512_mul_ps(e, e));
+        }
+        s
+    }
+
+    /// [`super::assign_tiled`] for f32.
+    ///
+    /// # Safety
+    /// AVX-512F/VL/BW/DQ must be available.
+    #[inline(always)]
+    pub(super) unsafe fn assign_f32<const D: usize>(a: &mut Assign<'_, f32>) {
+        let n = a.labels.len();
+        let k = a.centres.len() / D;
+        let accumulate = !a.sums.is_empty();
+        let pw = if D <= 8 { 8 } else { LANES };
+        let mut lane_sums = vec![0.0f64; if accumulate { LANES * k * pw } else { 0 }];
+        let mut lane_counts = vec![0u64; LANES * k];
+        let mut inert = [_mm512_setzero_pd(); 2];
+        let mut changed = 0u64;
+        let full = n / LANES;
+        let x = &a.x[..n * D];
+        let cp = a.centres.as_ptr();
+        let mut xt = [_mm512_setzero_ps(); D];
+        let mut r = [_mm512_setzero_ps(); 16];
+        let mut args = [0u32; LANES];
+        for ti in 0..full {
+            transpose::<D>(x[ti * LANES * D..(ti + 1) * LANES * D].as_ptr(), &mut r, &mut xt);
+            let mut best = _mm512_set1_ps(f32::MAX);
+            let mut arg = _mm512_setzero_si512();
+            for j in 0..k {
+                let s = dist::<D>(&xt, cp.add(j * D));
+                let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s, best);
+                best = _mm512_mask_mov_ps(best, lt, s);
+                arg = _mm512_mask_mov_epi32(arg, lt, _mm512_set1_epi32(j as i32));
+            }
+            let lab = a.labels[ti * LANES..(ti + 1) * LANES].as_mut_ptr();
+            let old = _mm512_loadu_si512(lab as *const _);
+            changed += _mm512_cmpneq_epi32_mask(old, arg).count_ones() as u64;
+            _mm512_storeu_si512(lab as *mut _, arg);
+            inert[0] = _mm512_add_pd(inert[0], _mm512_cvtps_pd(_mm512_castps512_ps256(best)));
+            inert[1] = _mm512_add_pd(inert[1], _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(best)));
+            _mm512_storeu_si512(args.as_mut_ptr() as *mut _, arg);
+            for (l, &j) in args.iter().enumerate() {
+                let o = l * k + j as usize;
+                lane_counts[o] += 1;
+                if accumulate {
+                    // the row again from `x` (in L1 now), zero-padded to 8 or 16 values
+                    let row = x[(ti * LANES + l) * D..(ti * LANES + l + 1) * D].as_ptr();
+                    let acc = lane_sums[o * pw..(o + 1) * pw].as_mut_ptr();
+                    let lo = if D >= 8 {
+                        _mm256_loadu_ps(row)
+                    } else {
+                        _mm256_maskz_loadu_ps(((1u32 << D) - 1) as __mmask8, row)
+                    };
+                    let lo = _mm512_cvtps_pd(lo);
+                    _mm512_storeu_pd(acc, _mm512_add_pd(_mm512_loadu_pd(acc), lo));
+                    if D > 8 {
+                        let m = ((1u32 << (D - 8)) - 1) as __mmask8;
+                        let hi = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, row.add(8)));
+                        let acc = acc.add(8);
+                        _mm512_storeu_pd(acc, _mm512_add_pd(_mm512_loadu_pd(acc), hi));
+                    }
+                }
+            }
+        }
+        let mut lane_inertia = [0.0f64; LANES];
+        _mm512_storeu_pd(lane_inertia.as_mut_ptr(), inert[0]);
+        _mm512_storeu_pd(lane_inertia.as_mut_ptr().add(8), inert[1]);
+        // the last rows (fewer than a tile), one by one, into the same lanes
+        for i in full * LANES..n {
+            let l = i % LANES;
+            let row = &x[i * D..(i + 1) * D];
+            let mut best = f32::MAX;
+            let mut j = 0usize;
+            for (jj, c) in a.centres.chunks_exact(D).enumerate() {
+                let v = dist2(row, c);
+                if v < best {
+                    best = v;
+                    j = jj;
+                }
+            }
+            changed += (a.labels[i] != j as u32) as u64;
+            a.labels[i] = j as u32;
+            lane_inertia[l] += best as f64;
+            lane_counts[l * k + j] += 1;
+            if accumulate {
+                let o = (l * k + j) * pw;
+                for (acc, v) in lane_sums[o..o + D].iter_mut().zip(row) {
+                    *acc += *v as f64;
+                }
+            }
+        }
+        finish_assign(a, &lane_sums, pw, &lane_counts, &lane_inertia, changed);
+    }
+
+    /// [`super::potential_tiled`] for f32.
+    ///
+    /// # Safety
+    /// AVX-512F/VL/BW/DQ must be available.
+    #[inline(always)]
+    pub(super) unsafe fn potential_f32<const D: usize>(p: &mut Potential<'_, f32>) {
+        let n = p.closest.len();
+        let full = n / LANES;
+        let off = p.sum_closest as usize;
+        let mut xt = [_mm512_setzero_ps(); D];
+        let mut r = [_mm512_setzero_ps(); 16];
+        let mut lanes = [0.0f64; LANES];
+        let mut v = [0.0f64; LANES];
+        let to_f64 = |s: __m512| {
+            [_mm512_cvtps_pd(_mm512_castps512_ps256(s)), _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(s))]
+        };
+        for ti in 0..full {
+            transpose::<D>(p.x[ti * LANES * D..(ti + 1) * LANES * D].as_ptr(), &mut r, &mut xt);
+            let cl = p.closest[ti * LANES..(ti + 1) * LANES].as_mut_ptr();
+            let mut c = [_mm512_loadu_pd(cl), _mm512_loadu_pd(cl.add(8))];
+            match p.fold {
+                Fold::Keep => {}
+                Fold::Set(cen) => {
+                    c = to_f64(dist::<D>(&xt, cen[..D].as_ptr()));
+                    _mm512_storeu_pd(cl, c[0]);
+                    _mm512_storeu_pd(cl.add(8), c[1]);
+                }
+                Fold::Min(cen) => {
+                    let e = to_f64(dist::<D>(&xt, cen[..D].as_ptr()));
+                    for h in 0..2 {
+                        let lt = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(e[h], c[h]);
+                        c[h] = _mm512_mask_mov_pd(c[h], lt, e[h]);
+                    }
+                    _mm512_storeu_pd(cl, c[0]);
+                    _mm512_storeu_pd(cl.add(8), c[1]);
+                }
+            }
+            if p.sum_closest {
+                _mm512_storeu_pd(lanes.as_mut_ptr(), c[0]);
+                _mm512_storeu_pd(lanes.as_mut_ptr().add(8), c[1]);
+                let mut acc = p.sums[0];
+                for &e in &lanes {
+                    acc += e;
+                }
+                p.sums[0] = acc;
+            }
+            for (t, cen) in p.cands.chunks_exact(D).enumerate() {
+                let e = to_f64(dist::<D>(&xt, cen.as_ptr()));
+                for h in 0..2 {
+                    let lt = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(e[h], c[h]);
+                    _mm512_storeu_pd(v.as_mut_ptr().add(8 * h), _mm512_mask_mov_pd(c[h], lt, e[h]));
+                }
+                let mut acc = p.sums[off + t];
+                for &e in &v {
+                    acc += e;
+                }
+                p.sums[off + t] = acc;
+            }
+        }
+        // the last rows (fewer than a tile), continuing the same sequential sums
+        let lo = full * LANES;
+        super::potential_rows(&mut Potential {
+            x: &p.x[lo * D..n * D],
+            d: D,
+            closest: &mut p.closest[lo..],
+            fold: p.fold,
+            sum_closest: p.sum_closest,
+            cands: p.cands,
+            sums: p.sums,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    fn data<T: Real>(n: usize, d: usize, discrete: bool, seed: u64) -> Vec<T> {
+        let mut r = SplitMix64::new(seed);
+        (0..n * d)
+            .map(|_| {
+                let v = if discrete {
+                    r.below(3) as f64 * 0.5
+                } else {
+                    (r.uniform() - 0.5) * 7.0 + r.below(3) as f64 * 3.0
+                };
+                T::from_f64(v)
+            })
+            .collect()
+    }
+
+    /// The conventions spelled out row by row.
+    fn naive_assign<T: Real>(
+        x: &[T],
+        d: usize,
+        c: &[T],
+        labels: &mut [u32],
+    ) -> (Vec<f64>, Vec<u64>, f64, u64) {
+        let k = c.len() / d;
+        let mut lane_sums = vec![0.0f64; LANES * k * d];
+        let mut counts = vec![0u64; k];
+        let mut lane_inertia = [0.0f64; LANES];
+        let mut changed = 0;
+        for (i, row) in x.chunks_exact(d).enumerate() {
+            let mut best = T::MAX;
+            let mut j = 0;
+            for (jj, cj) in c.chunks_exact(d).enumerate() {
+                let v = dist2(row, cj);
+                if v < best {
+                    best = v;
+                    j = jj;
+                }
+            }
+            changed += (labels[i] != j as u32) as u64;
+            labels[i] = j as u32;
+            counts[j] += 1;
+            let l = i % LANES;
+            lane_inertia[l] += best.to_f64();
+            for t in 0..d {
+                lane_sums[(l * k + j) * d + t] += row[t].to_f64();
+            }
+        }
+        let mut sums = vec![0.0f64; k * d];
+        for lane in lane_sums.chunks_exact(k * d) {
+            for (a, b) in sums.iter_mut().zip(lane) {
+                *a += b;
+            }
+        }
+        let mut inertia = 0.0;
+        for v in lane_inertia {
+            inertia += v;
+        }
+        (sums, counts, inertia, changed)
+    }
+
+    fn check_assign<T: Real>(n: usize, d: usize, k: usize, discrete: bool) {
+        let x: Vec<T> = data(n, d, discrete, (n * 131 + d * 17 + k) as u64);
+        let c: Vec<T> = data(k, d, discrete, (d * 7 + k) as u64);
+        let init: Vec<u32> = (0..n as u32).map(|i| i % 2).collect();
+        let mut want_lab = init.clone();
+        let want = naive_assign(&x, d, &c, &mut want_lab);
+        for isa in Isa::available() {
+            for accumulate in [true, false] {
+                let mut lab = init.clone();
+                let mut sums = vec![0.0f64; if accumulate { k * d } else { 0 }];
+                let mut counts = vec![0u64; k];
+                let mut a = Assign {
+                    x: &x,
+                    d,
+                    centres: &c,
+                    labels: &mut lab,
+                    sums: &mut sums,
+                    counts: &mut counts,
+                    inertia: 0.0,
+                    changed: 0,
+                };
+                assign_chunk(isa, &mut a);
+                let (inertia, changed) = (a.inertia, a.changed);
+                let what = format!("{isa:?} n={n} d={d} k={k} acc={accumulate}");
+                assert_eq!(lab, want_lab, "{what}");
+                assert_eq!(counts, want.1, "{what}");
+                assert_eq!(inertia.to_bits(), want.2.to_bits(), "{what}");
+                assert_eq!(changed, want.3, "{what}");
+                if accumulate {
+                    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&sums), bits(&want.0), "{what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn assign_paths_match_the_row_by_row_definition() {
+        for d in 1..=17 {
+            for k in 1..=17 {
+                for &n in &[1usize, 16, 53] {
+                    check_assign::<f32>(n, d, k, false);
+                    check_assign::<f64>(n, d, k, false);
+                }
+                check_assign::<f32>(40, d, k, true);
+                check_assign::<f64>(40, d, k, true);
+            }
+        }
+    }
+
+    fn naive_potential<T: Real>(
+        x: &[T],
+        d: usize,
+        closest: &mut [f64],
+        fold: Fold<'_, T>,
+        sum_closest: bool,
+        cands: &[T],
+    ) -> Vec<f64> {
+        let m = cands.len() / d;
+        let off = sum_closest as usize;
+        let mut sums = vec![0.0f64; off + m];
+        for (row, cl) in x.chunks_exact(d).zip(closest.iter_mut()) {
+            match fold {
+                Fold::Keep => {}
+                Fold::Set(c) => *cl = dist2(row, c).to_f64(),
+                Fold::Min(c) => *cl = cl.min(dist2(row, c).to_f64()),
+            }
+            if sum_closest {
+                sums[0] += *cl;
+            }
+            for (t, c) in cands.chunks_exact(d).enumerate() {
+                sums[off + t] += cl.min(dist2(row, c).to_f64());
+            }
+        }
+        sums
+    }
+
+    fn check_potential<T: Real>(n: usize, d: usize, m: usize, discrete: bool) {
+        let x: Vec<T> = data(n, d, discrete, (n * 31 + d * 7 + m) as u64);
+        let cands: Vec<T> = data(m, d, discrete, (d * 5 + m) as u64);
+        let c0: Vec<T> = data(1, d, discrete, d as u64 + 99);
+        let start: Vec<f64> = (0..n).map(|i| (i % 5) as f64 * 0.75).collect();
+        for (mode, fold) in [Fold::Keep, Fold::Set(&c0[..]), Fold::Min(&c0[..])]
+            .into_iter()
+            .enumerate()
+        {
+            for sum_closest in [false, true] {
+                let mut want_cl = start.clone();
+                let want = naive_potential(&x, d, &mut want_cl, fold, sum_closest, &cands);
+                for isa in Isa::available() {
+                    let mut cl = start.clone();
+                    let mut sums = vec![0.0f64; want.len()];
+                    potential_chunk(
+                        isa,
+                        &mut Potential {
+                            x: &x,
+                            d,
+                            closest: &mut cl,
+                            fold,
+                            sum_closest,
+                            cands: &cands,
+                            sums: &mut sums,
+                        },
+                    );
+                    let what = format!("{isa:?} n={n} d={d} m={m} fold={mode} sum={sum_closest}");
+                    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&cl), bits(&want_cl), "{what}");
+                    assert_eq!(bits(&sums), bits(&want), "{what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn potential_paths_match_the_row_by_row_definition() {
+        for d in 1..=17 {
+            for m in 0..=5 {
+                for &n in &[1usize, 16, 53] {
+                    check_potential::<f32>(n, d, m, false);
+                    check_potential::<f64>(n, d, m, false);
+                }
+                check_potential::<f32>(40, d, m, true);
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_tile_is_exact() {
+        // the portable tile loader against the row-major rows, padded lanes zero
+        let x: Vec<f32> = (0..16 * 10).map(|v| v as f32).collect();
+        let mut xt = [[0.0f32; LANES]; 10];
+        let mut rowsp = [[0.0f32; LANES]; LANES];
+        load_tile::<f32, 10, true>(&x[..5 * 10], 5, &mut xt, &mut rowsp);
+        assert_eq!(xt[3][4], 43.0);
+        assert_eq!(xt[3][5], 0.0);
+        assert_eq!(rowsp[4][..10], x[40..50]);
+        assert_eq!(rowsp[4][10], 0.0);
+    }
+}
