@@ -112,7 +112,7 @@ pub fn check_rewards<T: Real>(rewards: &[T], group_size: usize) -> Result<usize>
     if group_size == 0 {
         return Err(CoreError::value("group_size", "must be >= 1, got 0"));
     }
-    if rewards.len() % group_size != 0 {
+    if !rewards.len().is_multiple_of(group_size) {
         return Err(CoreError::shape(
             "rewards",
             format!(

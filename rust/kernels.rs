@@ -514,6 +514,8 @@ fn potential_rows<T: Real>(p: &mut Potential<'_, T>) {
 
 /// AVX-512 versions of the tiled kernels for f32 (the same per-lane operations, in the
 /// same order, as the generic code; only the data movement differs).
+///
+/// The AVX-512 intrinsics are stable since Rust 1.89 (the crate's `rust-version`).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{dist2, finish_assign, Assign, Fold, Potential, LANES};
@@ -889,10 +891,7 @@ mod tests {
         let cands: Vec<T> = data(m, d, discrete, (d * 5 + m) as u64);
         let c0: Vec<T> = data(1, d, discrete, d as u64 + 99);
         let start: Vec<f64> = (0..n).map(|i| (i % 5) as f64 * 0.75).collect();
-        for (mode, fold) in [Fold::Keep, Fold::Set(&c0[..]), Fold::Min(&c0[..])]
-            .into_iter()
-            .enumerate()
-        {
+        for (mode, fold) in [Fold::Keep, Fold::Set(&c0[..]), Fold::Min(&c0[..])].into_iter().enumerate() {
             for sum_closest in [false, true] {
                 let mut want_cl = start.clone();
                 let want = naive_potential(&x, d, &mut want_cl, fold, sum_closest, &cands);

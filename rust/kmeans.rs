@@ -49,7 +49,7 @@ pub(crate) fn check_data<T: Real>(x: &[T], d: usize) -> Result<usize> {
     if d == 0 {
         return Err(CoreError::shape("x", "must have at least one column"));
     }
-    if x.is_empty() || x.len() % d != 0 {
+    if x.is_empty() || !x.len().is_multiple_of(d) {
         return Err(CoreError::shape("x", "must be a non-empty 2-D array (n_rows, n_features)"));
     }
     if let Some(i) = first_non_finite(x) {
@@ -203,7 +203,7 @@ pub fn lloyd<T: Real>(
 }
 
 fn check_centres(c: &[f64], d: usize) -> Result<()> {
-    if c.is_empty() || c.len() % d != 0 {
+    if c.is_empty() || !c.len().is_multiple_of(d) {
         return Err(CoreError::shape(
             "init",
             format!("initial centres must be a (k, {d}) array with k >= 1"),

@@ -1,0 +1,129 @@
+"""Fairness gaps with and without FairGRPO, over several seeds, on the bundled clinical data.
+
+Runs ``python -m fairgrpo.train`` once per (method, seed) — each run is the default job with
+``--method`` and ``--seed`` changed — then prints and writes a table of the held-out metrics
+(mean ± sample std over seeds) and a PNG with error bars. Finished runs are reused, so an
+interrupted experiment resumes where it stopped.
+
+    python scripts/fairness_experiment.py --methods grpo fairgrpo --seeds 0 1 2
+    python scripts/fairness_experiment.py --methods grpo fairgrpo -- --max_steps 50   # extra train args
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+METRICS = [  # (key in the report summary, label, lower is better)
+    ("PP", "PP", True),
+    ("EOD", "EOD", True),
+    ("FPR_Diff", "FPR_Diff", True),
+    ("sF1", "σF1", True),
+    ("dF1", "ΔF1", True),
+    ("dAcc", "ΔAcc", True),
+    ("F1", "F1", False),
+    ("Acc", "Acc", False),
+    ("F1_ES", "F1_ES", False),
+]
+
+
+def run_one(method: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]:
+    report = out / method / f"seed_{seed}" / "report.json"
+    if not report.exists():
+        cmd = [sys.executable, "-m", "fairgrpo.train", "--method", method, "--seed", str(seed)]
+        cmd += ["--output_dir", str(report.parent), *extra]
+        print(f"[experiment] {' '.join(cmd)}", flush=True)
+        t0 = time.time()
+        log = report.parent.with_suffix(".log")
+        report.parent.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as f:
+            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+        if rc != 0 or not report.exists():
+            raise SystemExit(f"run {method} seed {seed} failed (exit {rc}); see {log}")
+        print(f"[experiment] {method} seed {seed} done in {time.time() - t0:.0f} s", flush=True)
+    data: dict[str, Any] = json.loads(report.read_text())
+    return data
+
+
+def fmt(values: list[float | None]) -> str:
+    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not v:
+        return "n/a"
+    if len(v) == 1:
+        return f"{v[0]:.3f}"
+    return f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}"
+
+
+def summary(report: dict[str, Any], which: str) -> dict[str, Any]:
+    part = report.get(which) or {}
+    out: dict[str, Any] = dict(part.get("summary") or {})
+    out["overall_f1"] = (part.get("overall") or {}).get("f1")
+    return out
+
+
+def table(results: dict[str, list[dict[str, Any]]], seeds: list[int]) -> str:
+    head = "| method | " + " | ".join(f"{lab}{'↓' if low else '↑'}" for _, lab, low in METRICS)
+    head += " | macro-F1 (pooled)↑ |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 2)]
+    first = next(iter(results.values()))
+    rows: list[tuple[str, list[dict[str, Any]]]] = [
+        ("starting policy", [summary(r, "before") for r in first]),
+        ("logistic regression (reference)", [summary(r, "reference") for r in first]),
+    ]
+    rows += [(m, [summary(r, "after") for r in runs]) for m, runs in results.items()]
+    for name, sums in rows:
+        cells = [fmt([s.get(k) for s in sums]) for k, _, _ in METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {fmt([s.get('overall_f1') for s in sums])} |")
+    return "\n".join(lines) + f"\n\nmean ± sample std over seeds {seeds}."
+
+
+def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("PP", "PP (×100)"), ("EOD", "EOD (×100)"), ("dF1", "ΔF1"), ("F1", "F1")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6))
+    methods = list(results)
+    for ax, (k, lab) in zip(axes, keys, strict=True):
+        means, errs = [], []
+        for m in methods:
+            v = [summary(r, "after").get(k) for r in results[m]]
+            v = [x for x in v if x is not None]
+            means.append(statistics.mean(v) if v else float("nan"))
+            errs.append(statistics.stdev(v) if len(v) > 1 else 0.0)
+        ax.bar(methods, means, yerr=errs, capsize=4, color=["#888", "#2a7", "#27a", "#a72", "#a27", "#7a2"][: len(methods)])
+        ax.set_title(lab)
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle("Held-out fairness gaps and F1 (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", nargs="+", default=["grpo", "fairgrpo"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--out", type=Path, default=Path("runs/experiment"))
+    ap.add_argument("extra", nargs="*", help="arguments passed to every `python -m fairgrpo.train` (after --)")
+    args = ap.parse_args()
+    results = {m: [run_one(m, s, args.out, args.extra) for s in args.seeds] for m in args.methods}
+    md = table(results, args.seeds)
+    print(md)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.md").write_text(md + "\n")
+    plot(results, args.out / "results.png")
+    print(f"[experiment] wrote {args.out / 'results.md'} and {args.out / 'results.png'}")
+
+
+if __name__ == "__main__":
+    main()
