@@ -175,6 +175,7 @@ pub fn group_advantages<T: Real>(
         let base = c * per_chunk;
         let r = &rewards[base..base + o.len()];
         let mut b = BlockScorer::new(g, scale, bstd, eps);
+        b.with_scores = false;
         let mut bad = None;
         for (k, (rb, ob)) in r.chunks(L * g).zip(o.chunks_mut(L * g)).enumerate() {
             let np = rb.len() / g;
@@ -182,7 +183,7 @@ pub fn group_advantages<T: Real>(
             if b.infinite && bad.is_none() {
                 bad = rb.iter().position(|v| !v.is_finite() && !v.is_nan()).map(|i| base + k * L * g + i);
             }
-            b.store(ob);
+            b.write_scores(rb, ob);
         }
         bad
     });

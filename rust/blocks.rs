@@ -31,6 +31,8 @@ pub struct BlockScorer {
     pub inv: [f64; L],
     /// Some reward of the block is infinite.
     pub infinite: bool,
+    /// Whether `load` also fills `s` (else only the moments).
+    pub with_scores: bool,
 }
 
 impl BlockScorer {
@@ -47,6 +49,7 @@ impl BlockScorer {
             mean: [0.0; L],
             inv: [0.0; L],
             infinite: false,
+            with_scores: true,
         }
     }
 
@@ -96,6 +99,14 @@ impl BlockScorer {
             };
         }
         fixed!(1 2 3 4 5 6 7 8 10 12 16)
+    }
+
+    /// Scores of the block's prompts straight into `out` (prompt-major), from the moments.
+    pub fn write_scores<T: Real>(&self, r: &[T], out: &mut [T]) {
+        let g = self.g;
+        for (l, (rq, oq)) in r.chunks_exact(g).zip(out.chunks_exact_mut(g)).enumerate() {
+            write_prompt_scores(rq, oq, self.mean[l], self.inv[l], 1.0, 0.0, 1.0);
+        }
     }
 
     /// Writes the block's (possibly updated) scores `s` back in prompt-major order.
@@ -155,7 +166,12 @@ impl BlockScorer {
                 Scale::Group => 1.0 / (std + self.eps),
             };
         }
-        for (row, srow) in self.buf.chunks_exact(L).zip(self.s.chunks_exact_mut(L)) {
+        for (row, srow) in self
+            .buf
+            .chunks_exact(L)
+            .zip(self.s.chunks_exact_mut(L))
+            .take(if self.with_scores { g } else { 0 })
+        {
             for l in 0..L {
                 let a = (row[l] - mean[l]) * inv[l];
                 let a = if a.is_nan() { 0.0 } else { a };
@@ -168,6 +184,34 @@ impl BlockScorer {
         self.inv = inv;
         self.infinite = inf[..np].iter().any(|&b| b);
     }
+}
+
+/// One prompt's final advantages in natural layout: `s = T((r - mean) * inv)` (NaN -> 0),
+/// then `a = s * mult` (falling back to `s` where not finite), then `(a - shift) * scale`;
+/// a NaN reward gets 0. Returns the sum of |a|. With `mult = 1, shift = 0, scale = 1` this
+/// is the plain GRPO score, rounded to `T` once.
+#[inline(always)]
+pub fn write_prompt_scores<T: Real>(
+    rq: &[T],
+    oq: &mut [T],
+    mean: f64,
+    inv: f64,
+    mult: f64,
+    shift: f64,
+    scale: f64,
+) -> f64 {
+    let mut mass = 0.0;
+    for (ov, &r) in oq.iter_mut().zip(rq) {
+        let r = r.to_f64();
+        let a = (r - mean) * inv;
+        let sc = T::from_f64(if a.is_nan() { 0.0 } else { a }).to_f64();
+        let a = sc * mult;
+        let a = if a.is_finite() { a } else { sc };
+        let a = if r.is_nan() { 0.0 } else { (a - shift) * scale };
+        mass += a.abs();
+        *ov = T::from_f64(a);
+    }
+    mass
 }
 
 #[cfg(test)]

@@ -13,13 +13,13 @@
 //! renormalisation statistics come from per-prompt sums, so no third pass is needed.
 
 use crate::advantages::{batch_std, check_rewards, infinite_reward, moments, Scale};
-use crate::blocks::{BlockScorer, L};
+use crate::blocks::{write_prompt_scores, BlockScorer, L};
 use crate::clusters::{ClusterParams, SourceClusters};
 use crate::config::{FairConfig, Features, Renorm, StatsMode, Weighting};
 use crate::error::{CoreError, Result};
 use crate::labels::{Key, LabelMap, Labels};
 use crate::metrics::{adjusted_rand_index, normalized_mutual_info};
-use crate::pool::{map_chunks, map_chunks_mut2, resolve_threads};
+use crate::pool::{map_chunks_mut, map_chunks_mut2, resolve_threads};
 use crate::real::Real;
 use crate::select_k::SelectKParams;
 use serde::{Deserialize, Serialize};
@@ -267,8 +267,8 @@ impl FairAdvantage {
 
         // --- pass 1: per-prompt moments and scores, summed per source / group cell ---
         let bstd = if cfg.scale == Scale::Batch { batch_std(rewards, threads) } else { 0.0 };
-        let n_chunks = p.div_ceil(PROMPTS_PER_CHUNK);
-        let parts = map_chunks(n_chunks, threads, |ci| {
+        let mut pstat = vec![(0.0f64, 0.0f64); p]; // per prompt: (mean, inverse scale)
+        let parts = map_chunks_mut(&mut pstat, PROMPTS_PER_CHUNK, threads, |ci, ps| {
             let mut part = Pass1 {
                 src: vec![Acc::default(); ns],
                 cell: vec![Acc::default(); ns * ng],
@@ -292,6 +292,7 @@ impl FairAdvantage {
                 }
                 for l in 0..np {
                     let q = q0 + l;
+                    ps[q - ci * PROMPTS_PER_CHUNK] = (b.mean[l], b.inv[l]);
                     let a = Acc { n: 1.0, rsum: b.sum[l], rcnt: b.cnt[l], ssum: ssum[l], ssq: ssq[l] };
                     let s = sid[q] as usize;
                     part.src[s].add(&a);
@@ -449,41 +450,19 @@ impl FairAdvantage {
         let mut weights = vec![0.0f64; p];
         let masses = map_chunks_mut2(out, &mut weights, PROMPTS_PER_CHUNK, g, threads, |ci, o, w| {
             let mut mass = vec![0.0f64; n_cells];
-            let mut b = BlockScorer::new(g, cfg.scale, bstd, cfg.score_eps);
-            let q_start = ci * PROMPTS_PER_CHUNK;
-            for (k, (ob, wb)) in o.chunks_mut(L * g).zip(w.chunks_mut(L)).enumerate() {
-                let q0 = q_start + k * L;
-                let np = wb.len();
-                b.load(&rewards[q0 * g..(q0 + np) * g], np);
-                let mut m = [0.0f64; L];
-                let mut cell = [0usize; L];
-                for l in 0..np {
-                    let q = q0 + l;
-                    let s = sid[q] as usize;
-                    cell[l] = if gid[q] >= 0 {
-                        s * ng + gid[q] as usize
-                    } else {
-                        cluster_base[s] + clusters[q] as usize
-                    };
-                    m[l] = mult[cell[l]];
-                    wb[l] = cell_w[cell[l]];
-                }
-                let nan: Vec<bool> = (0..g * L).map(|e| b.is_nan(e / L, e % L)).collect();
-                let mut local = [0.0f64; L];
-                for (srow, nrow) in b.s.chunks_exact_mut(L).zip(nan.chunks_exact(L)) {
-                    for l in 0..L {
-                        let sc = srow[l];
-                        let a = sc * m[l];
-                        let a = if a.is_finite() { a } else { sc };
-                        let a = if nrow[l] { 0.0 } else { (a - shift) * inv_denom };
-                        local[l] += a.abs();
-                        srow[l] = a;
-                    }
-                }
-                b.store(ob);
-                for l in 0..np {
-                    mass[cell[l]] += local[l];
-                }
+            let q0 = ci * PROMPTS_PER_CHUNK;
+            for (j, (oq, wq)) in o.chunks_exact_mut(g).zip(w.iter_mut()).enumerate() {
+                let q = q0 + j;
+                let s = sid[q] as usize;
+                let c = if gid[q] >= 0 {
+                    s * ng + gid[q] as usize
+                } else {
+                    cluster_base[s] + clusters[q] as usize
+                };
+                *wq = cell_w[c];
+                let (mean, inv) = pstat[q];
+                let rq = &rewards[q * g..(q + 1) * g];
+                mass[c] += write_prompt_scores(rq, oq, mean, inv, mult[c], shift, inv_denom);
             }
             mass
         });

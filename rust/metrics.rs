@@ -9,6 +9,23 @@ fn contingency(a: &[i64], b: &[i64]) -> Contingency {
     let mut nij = HashMap::new();
     let mut ai = HashMap::new();
     let mut bj = HashMap::new();
+    let small = |v: &[i64]| v.iter().all(|&x| (0..256).contains(&x));
+    if small(a) && small(b) {
+        // cluster labels are small: count in a dense table, one pass, no hashing
+        let mut t = vec![0u64; 256 * 256];
+        for (&x, &y) in a.iter().zip(b) {
+            t[(x as usize) << 8 | y as usize] += 1;
+        }
+        for (i, &c) in t.iter().enumerate() {
+            if c > 0 {
+                let (x, y) = ((i >> 8) as i64, (i & 255) as i64);
+                nij.insert((x, y), c as f64);
+                *ai.entry(x).or_insert(0.0) += c as f64;
+                *bj.entry(y).or_insert(0.0) += c as f64;
+            }
+        }
+        return (nij, ai, bj);
+    }
     for (&x, &y) in a.iter().zip(b) {
         *nij.entry((x, y)).or_insert(0.0) += 1.0;
         *ai.entry(x).or_insert(0.0) += 1.0;
@@ -88,6 +105,15 @@ mod tests {
         let b = [5, 5, 3, 3, 9, 9];
         assert!((adjusted_rand_index(&a, &b) - 1.0).abs() < 1e-12);
         assert!((normalized_mutual_info(&a, &b) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn dense_and_hashed_counts_agree() {
+        let a: Vec<i64> = (0..1000).map(|i| i % 7).collect();
+        let b: Vec<i64> = (0..1000).map(|i| (i * 3) % 5).collect();
+        let big: Vec<i64> = b.iter().map(|v| v + 1000).collect();
+        assert_eq!(adjusted_rand_index(&a, &b), adjusted_rand_index(&a, &big));
+        assert_eq!(normalized_mutual_info(&a, &b), normalized_mutual_info(&a, &big));
     }
 
     #[test]
