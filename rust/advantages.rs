@@ -8,7 +8,7 @@
 
 use crate::blocks::{BlockScorer, L};
 use crate::error::{CoreError, Result};
-use crate::pool::{map_chunks, map_chunks_mut, CHUNK};
+use crate::pool::{map_chunks, map_chunks_mut, simd, CHUNK};
 use crate::real::Real;
 use std::str::FromStr;
 
@@ -172,20 +172,22 @@ pub fn group_advantages<T: Real>(
     let bstd = if scale == Scale::Batch { batch_std(rewards, threads) } else { 0.0 };
     let per_chunk = (CHUNK / g).max(1) * g;
     let bad = map_chunks_mut(out, per_chunk, threads, |c, o| {
-        let base = c * per_chunk;
-        let r = &rewards[base..base + o.len()];
-        let mut b = BlockScorer::new(g, scale, bstd, eps);
-        b.with_scores = false;
-        let mut bad = None;
-        for (k, (rb, ob)) in r.chunks(L * g).zip(o.chunks_mut(L * g)).enumerate() {
-            let np = rb.len() / g;
-            b.load(rb, np);
-            if b.infinite && bad.is_none() {
-                bad = rb.iter().position(|v| !v.is_finite() && !v.is_nan()).map(|i| base + k * L * g + i);
+        simd(|| {
+            let base = c * per_chunk;
+            let r = &rewards[base..base + o.len()];
+            let mut b = BlockScorer::new(g, scale, bstd, eps);
+            b.with_scores = false;
+            let mut bad = None;
+            for (k, (rb, ob)) in r.chunks(L * g).zip(o.chunks_mut(L * g)).enumerate() {
+                let np = rb.len() / g;
+                b.load(rb, np);
+                if b.infinite && bad.is_none() {
+                    bad = rb.iter().position(|v| !v.is_finite() && !v.is_nan()).map(|i| base + k * L * g + i);
+                }
+                b.write_scores(rb, ob);
             }
-            b.write_scores(rb, ob);
-        }
-        bad
+            bad
+        })
     });
     match bad.into_iter().flatten().next() {
         Some(i) => Err(infinite_reward(i)),

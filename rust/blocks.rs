@@ -188,8 +188,8 @@ impl BlockScorer {
 
 /// One prompt's final advantages in natural layout: `s = T((r - mean) * inv)` (NaN -> 0),
 /// then `a = s * mult` (falling back to `s` where not finite), then `(a - shift) * scale`;
-/// a NaN reward gets 0. Returns the sum of |a|. With `mult = 1, shift = 0, scale = 1` this
-/// is the plain GRPO score, rounded to `T` once.
+/// a NaN reward gets 0. Returns the sum of |a| as written (rounded to `T`). With
+/// `mult = 1, shift = 0, scale = 1` this is the plain GRPO score, rounded to `T` once.
 #[inline(always)]
 pub fn write_prompt_scores<T: Real>(
     rq: &[T],
@@ -200,7 +200,6 @@ pub fn write_prompt_scores<T: Real>(
     shift: f64,
     scale: f64,
 ) -> f64 {
-    let mut mass = 0.0;
     for (ov, &r) in oq.iter_mut().zip(rq) {
         let r = r.to_f64();
         let a = (r - mean) * inv;
@@ -208,10 +207,94 @@ pub fn write_prompt_scores<T: Real>(
         let a = sc * mult;
         let a = if a.is_finite() { a } else { sc };
         let a = if r.is_nan() { 0.0 } else { (a - shift) * scale };
-        mass += a.abs();
         *ov = T::from_f64(a);
     }
-    mass
+    // four independent partial sums (fixed order), so the chain does not bound the speed
+    let mut part = [0.0f64; 4];
+    for (i, v) in oq.iter().enumerate() {
+        part[i % 4] += v.to_f64().abs();
+    }
+    (part[0] + part[1]) + (part[2] + part[3])
+}
+
+/// Everything pass 2 of a FairAdvantage step needs besides the chunk itself.
+pub struct Pass2<'a, T> {
+    pub rewards: &'a [T],
+    pub g: usize,
+    /// Per prompt: (mean, inverse scale) from pass 1.
+    pub pstat: &'a [(f64, f64)],
+    /// Per prompt: source id, group id (-1 unknown), cluster (-1 labelled).
+    pub sid: &'a [i32],
+    pub gid: &'a [i32],
+    pub clusters: &'a [i64],
+    /// Number of group labels; first cluster cell of each source.
+    pub ng: usize,
+    pub cluster_base: &'a [usize],
+    pub mult: &'a [f64],
+    pub cell_w: &'a [f64],
+    pub shift: f64,
+    pub scale: f64,
+}
+
+impl<T: Real> Pass2<'_, T> {
+    /// Writes the advantages and weights of the prompts from `q0` on; adds |A| per cell.
+    pub fn run(&self, q0: usize, out: &mut [T], w: &mut [f64], mass: &mut [f64]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F, checked just above.
+                return unsafe { self.run_avx512(q0, out, w, mass) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2, checked just above.
+                return unsafe { self.run_avx2(q0, out, w, mass) };
+            }
+        }
+        self.run_dispatch(q0, out, w, mass)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_avx512(&self, q0: usize, out: &mut [T], w: &mut [f64], mass: &mut [f64]) {
+        self.run_dispatch(q0, out, w, mass)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(&self, q0: usize, out: &mut [T], w: &mut [f64], mass: &mut [f64]) {
+        self.run_dispatch(q0, out, w, mass)
+    }
+
+    #[inline(always)]
+    fn run_dispatch(&self, q0: usize, out: &mut [T], w: &mut [f64], mass: &mut [f64]) {
+        macro_rules! fixed {
+            ($($g:literal)*) => {
+                match self.g {
+                    $($g => self.run_impl::<$g>(q0, out, w, mass),)*
+                    _ => self.run_impl::<0>(q0, out, w, mass),
+                }
+            };
+        }
+        fixed!(2 4 5 6 8 10 12 16)
+    }
+
+    #[inline(always)]
+    fn run_impl<const G: usize>(&self, q0: usize, out: &mut [T], w: &mut [f64], mass: &mut [f64]) {
+        let g = if G > 0 { G } else { self.g };
+        for (j, (oq, wq)) in out.chunks_exact_mut(g).zip(w.iter_mut()).enumerate() {
+            let q = q0 + j;
+            let s = self.sid[q] as usize;
+            let c = if self.gid[q] >= 0 {
+                s * self.ng + self.gid[q] as usize
+            } else {
+                self.cluster_base[s] + self.clusters[q] as usize
+            };
+            *wq = self.cell_w[c];
+            let (mean, inv) = self.pstat[q];
+            let rq = &self.rewards[q * g..(q + 1) * g];
+            mass[c] += write_prompt_scores(rq, oq, mean, inv, self.mult[c], self.shift, self.scale);
+        }
+    }
 }
 
 #[cfg(test)]

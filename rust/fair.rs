@@ -13,13 +13,13 @@
 //! renormalisation statistics come from per-prompt sums, so no third pass is needed.
 
 use crate::advantages::{batch_std, check_rewards, infinite_reward, moments, Scale};
-use crate::blocks::{write_prompt_scores, BlockScorer, L};
+use crate::blocks::{BlockScorer, Pass2, L};
 use crate::clusters::{ClusterParams, SourceClusters};
 use crate::config::{FairConfig, Features, Renorm, StatsMode, Weighting};
 use crate::error::{CoreError, Result};
 use crate::labels::{Key, LabelMap, Labels};
 use crate::metrics::{adjusted_rand_index, normalized_mutual_info};
-use crate::pool::{map_chunks_mut, map_chunks_mut2, resolve_threads};
+use crate::pool::{map_chunks_mut, map_chunks_mut2, resolve_threads, simd};
 use crate::real::Real;
 use crate::select_k::SelectKParams;
 use serde::{Deserialize, Serialize};
@@ -269,41 +269,43 @@ impl FairAdvantage {
         let bstd = if cfg.scale == Scale::Batch { batch_std(rewards, threads) } else { 0.0 };
         let mut pstat = vec![(0.0f64, 0.0f64); p]; // per prompt: (mean, inverse scale)
         let parts = map_chunks_mut(&mut pstat, PROMPTS_PER_CHUNK, threads, |ci, ps| {
-            let mut part = Pass1 {
-                src: vec![Acc::default(); ns],
-                cell: vec![Acc::default(); ns * ng],
-                ..Default::default()
-            };
-            let mut b = BlockScorer::new(g, cfg.scale, bstd, cfg.score_eps);
-            let q_end = ((ci + 1) * PROMPTS_PER_CHUNK).min(p);
-            for q0 in (ci * PROMPTS_PER_CHUNK..q_end).step_by(L) {
-                let np = L.min(q_end - q0);
-                let rb = &rewards[q0 * g..(q0 + np) * g];
-                b.load(rb, np);
-                if b.infinite && part.bad.is_none() {
-                    part.bad = rb.iter().position(|v| !v.is_finite() && !v.is_nan()).map(|i| q0 * g + i);
-                }
-                let (mut ssum, mut ssq) = ([0.0f64; L], [0.0f64; L]);
-                for srow in b.s.chunks_exact(L) {
-                    for l in 0..L {
-                        ssum[l] += srow[l];
-                        ssq[l] += srow[l] * srow[l];
+            simd(|| {
+                let mut part = Pass1 {
+                    src: vec![Acc::default(); ns],
+                    cell: vec![Acc::default(); ns * ng],
+                    ..Default::default()
+                };
+                let mut b = BlockScorer::new(g, cfg.scale, bstd, cfg.score_eps);
+                let q_end = ((ci + 1) * PROMPTS_PER_CHUNK).min(p);
+                for q0 in (ci * PROMPTS_PER_CHUNK..q_end).step_by(L) {
+                    let np = L.min(q_end - q0);
+                    let rb = &rewards[q0 * g..(q0 + np) * g];
+                    b.load(rb, np);
+                    if b.infinite && part.bad.is_none() {
+                        part.bad = rb.iter().position(|v| !v.is_finite() && !v.is_nan()).map(|i| q0 * g + i);
+                    }
+                    let (mut ssum, mut ssq) = ([0.0f64; L], [0.0f64; L]);
+                    for srow in b.s.chunks_exact(L) {
+                        for l in 0..L {
+                            ssum[l] += srow[l];
+                            ssq[l] += srow[l] * srow[l];
+                        }
+                    }
+                    for l in 0..np {
+                        let q = q0 + l;
+                        ps[q - ci * PROMPTS_PER_CHUNK] = (b.mean[l], b.inv[l]);
+                        let a = Acc { n: 1.0, rsum: b.sum[l], rcnt: b.cnt[l], ssum: ssum[l], ssq: ssq[l] };
+                        let s = sid[q] as usize;
+                        part.src[s].add(&a);
+                        if gid[q] >= 0 {
+                            part.cell[s * ng + gid[q] as usize].add(&a);
+                        } else {
+                            part.unl.push((q as u32, a));
+                        }
                     }
                 }
-                for l in 0..np {
-                    let q = q0 + l;
-                    ps[q - ci * PROMPTS_PER_CHUNK] = (b.mean[l], b.inv[l]);
-                    let a = Acc { n: 1.0, rsum: b.sum[l], rcnt: b.cnt[l], ssum: ssum[l], ssq: ssq[l] };
-                    let s = sid[q] as usize;
-                    part.src[s].add(&a);
-                    if gid[q] >= 0 {
-                        part.cell[s * ng + gid[q] as usize].add(&a);
-                    } else {
-                        part.unl.push((q as u32, a));
-                    }
-                }
-            }
-            part
+                part
+            })
         });
         if let Some(i) = parts.iter().find_map(|pt| pt.bad) {
             return Err(infinite_reward(i));
@@ -448,22 +450,23 @@ impl FairAdvantage {
 
         // --- pass 2: write the advantages and weights; gradient mass per cell ---
         let mut weights = vec![0.0f64; p];
+        let pass2 = Pass2 {
+            rewards,
+            g,
+            pstat: &pstat,
+            sid: &sid,
+            gid: &gid,
+            clusters: &clusters,
+            ng,
+            cluster_base: &cluster_base,
+            mult: &mult,
+            cell_w: &cell_w,
+            shift,
+            scale: inv_denom,
+        };
         let masses = map_chunks_mut2(out, &mut weights, PROMPTS_PER_CHUNK, g, threads, |ci, o, w| {
             let mut mass = vec![0.0f64; n_cells];
-            let q0 = ci * PROMPTS_PER_CHUNK;
-            for (j, (oq, wq)) in o.chunks_exact_mut(g).zip(w.iter_mut()).enumerate() {
-                let q = q0 + j;
-                let s = sid[q] as usize;
-                let c = if gid[q] >= 0 {
-                    s * ng + gid[q] as usize
-                } else {
-                    cluster_base[s] + clusters[q] as usize
-                };
-                *wq = cell_w[c];
-                let (mean, inv) = pstat[q];
-                let rq = &rewards[q * g..(q + 1) * g];
-                mass[c] += write_prompt_scores(rq, oq, mean, inv, mult[c], shift, inv_denom);
-            }
+            pass2.run(ci * PROMPTS_PER_CHUNK, o, w, &mut mass);
             mass
         });
         let mut grad_mass = vec![0.0f64; n_cells];
