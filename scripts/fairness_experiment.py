@@ -34,10 +34,12 @@ METRICS = [  # (key in the report summary, label, lower is better)
 ]
 
 
-def run_one(method: str, seed: int, out: Path, extra: list[str]) -> dict[str, Any]:
+def run_one(method: str, seed: int, out: Path, extra: list[str], same_split: bool = False) -> dict[str, Any]:
     report = out / method / f"seed_{seed}" / "report.json"
     if not report.exists():
         cmd = [sys.executable, "-m", "fairgrpo.train", "--method", method, "--seed", str(seed)]
+        if not same_split:
+            cmd += ["--split_seed", str(seed)]
         cmd += ["--output_dir", str(report.parent), *extra]
         print(f"[experiment] {' '.join(cmd)}", flush=True)
         t0 = time.time()
@@ -81,7 +83,8 @@ def table(results: dict[str, list[dict[str, Any]]], seeds: list[int]) -> str:
     for name, sums in rows:
         cells = [fmt([s.get(k) for s in sums]) for k, _, _ in METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {fmt([s.get('overall_f1') for s in sums])} |")
-    return "\n".join(lines) + f"\n\nmean ± sample std over seeds {seeds}."
+    note = f"mean ± sample std over seeds {seeds}; each seed also draws its own train / held-out split"
+    return "\n".join(lines) + "\n\n" + note + " (unless --same_split)."
 
 
 def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -100,7 +103,13 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
             v = [x for x in v if x is not None]
             means.append(statistics.mean(v) if v else float("nan"))
             errs.append(statistics.stdev(v) if len(v) > 1 else 0.0)
-        ax.bar(methods, means, yerr=errs, capsize=4, color=["#888", "#2a7", "#27a", "#a72", "#a27", "#7a2"][: len(methods)])
+        ax.bar(
+            methods,
+            means,
+            yerr=errs,
+            capsize=4,
+            color=["#888", "#2a7", "#27a", "#a72", "#a27", "#7a2"][: len(methods)],
+        )
         ax.set_title(lab)
         ax.tick_params(axis="x", rotation=30)
     fig.suptitle("Held-out fairness gaps and F1 (mean ± std over seeds)")
@@ -114,9 +123,22 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["grpo", "fairgrpo"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=Path("runs/experiment"))
-    ap.add_argument("extra", nargs="*", help="arguments passed to every `python -m fairgrpo.train` (after --)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each uses one torch thread)")
+    ap.add_argument(
+        "--same_split", action="store_true", help="keep the default train / held-out split for every seed"
+    )
+    ap.add_argument(
+        "extra", nargs="*", help="arguments passed to every `python -m fairgrpo.train` (after --)"
+    )
     args = ap.parse_args()
-    results = {m: [run_one(m, s, args.out, args.extra) for s in args.seeds] for m in args.methods}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {
+            m: [pool.submit(run_one, m, s, args.out, args.extra, args.same_split) for s in args.seeds]
+            for m in args.methods
+        }
+        results = {m: [f.result() for f in fs] for m, fs in futures.items()}
     md = table(results, args.seeds)
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)

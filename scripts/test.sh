@@ -25,8 +25,8 @@ PYO3_PYTHON="$PWD/$PY" cargo clippy --all-targets --features python -q -- -D war
 cargo test -q
 
 step "ruff / mypy / stubtest"
-"$VENV/bin/ruff" check python tests benches
-"$VENV/bin/ruff" format --check python tests benches
+"$VENV/bin/ruff" check python tests benches scripts
+"$VENV/bin/ruff" format --check python tests benches scripts
 "$VENV/bin/mypy"
 "$PY" -m mypy.stubtest fairgrpo._core
 
