@@ -87,6 +87,31 @@ def table(results: dict[str, list[dict[str, Any]]], seeds: list[int]) -> str:
     return "\n".join(lines) + "\n\n" + note + " (unless --same_split)."
 
 
+def paired(results: dict[str, list[dict[str, Any]]], baseline: str = "grpo") -> str:
+    """Per-seed differences to the baseline (same seed, same split): mean ± std, and how often lower."""
+    if baseline not in results:
+        return ""
+    keys = [("PP", True), ("EOD", True), ("dF1", True), ("sF1", True), ("F1", False), ("Acc", False)]
+    lines = [
+        f"| method − {baseline} | " + " | ".join(k for k, _ in keys) + " |",
+        "|" + "---|" * (len(keys) + 1),
+    ]
+    base = [summary(r, "after") for r in results[baseline]]
+    for m, runs in results.items():
+        if m == baseline:
+            continue
+        cells = []
+        for k, _ in keys:
+            d = [
+                (summary(r, "after").get(k) or 0.0) - (b.get(k) or 0.0)
+                for r, b in zip(runs, base, strict=True)
+            ]
+            sd = statistics.stdev(d) if len(d) > 1 else 0.0
+            cells.append(f"{statistics.mean(d):+.3f} ± {sd:.3f} ({sum(x < 0 for x in d)}/{len(d)} lower)")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import matplotlib
 
@@ -140,6 +165,9 @@ def main() -> None:
         }
         results = {m: [f.result() for f in fs] for m, fs in futures.items()}
     md = table(results, args.seeds)
+    diff = paired(results)
+    if diff:
+        md += "\n\nPaired differences to GRPO (same seed and split):\n\n" + diff
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(md + "\n")

@@ -21,7 +21,7 @@ step "install fairgrpo[dev] (builds the Rust core with maturin)"
 step "cargo fmt --check / clippy / test"
 cargo fmt --check
 cargo clippy --all-targets -q -- -D warnings
-PYO3_PYTHON="$PWD/$PY" cargo clippy --all-targets --features python -q -- -D warnings
+PYO3_PYTHON="$("$PY" -c "import sys; print(sys.executable)")" cargo clippy --all-targets --features python -q -- -D warnings
 cargo test -q
 
 step "ruff / mypy / stubtest"
