@@ -158,12 +158,25 @@ pub fn mean_column_variance<T: Real>(x: &[T], d: usize, threads: usize) -> f64 {
 pub fn lloyd<T: Real>(
     x: &[T],
     d: usize,
+    centres: Vec<f64>,
+    max_iter: usize,
+    tol: f64,
+    threads: usize,
+) -> Result<KMeansResult> {
+    check_data(x, d)?;
+    lloyd_trusted(x, d, centres, max_iter, tol, threads)
+}
+
+/// [`lloyd`] on data already checked by [`check_data`].
+fn lloyd_trusted<T: Real>(
+    x: &[T],
+    d: usize,
     mut centres: Vec<f64>,
     max_iter: usize,
     tol: f64,
     threads: usize,
 ) -> Result<KMeansResult> {
-    let n = check_data(x, d)?;
+    let n = x.len() / d;
     check_centres(&centres, d)?;
     check_iter_tol(max_iter, tol)?;
     let k = centres.len() / d;
@@ -298,7 +311,19 @@ fn fold_all<T: Real>(x: &[T], d: usize, closest: &mut [f64], isa: Isa, fold: Fol
 /// folds the previously chosen centre into `closest`, and the per-chunk potentials of the
 /// chosen candidate are the per-chunk sums of the new `closest`.
 pub fn kmeans_plusplus<T: Real>(x: &[T], d: usize, k: usize, seed: u64, threads: usize) -> Result<Vec<f64>> {
-    let n = check_data(x, d)?;
+    check_data(x, d)?;
+    kmeans_plusplus_trusted(x, d, k, seed, threads)
+}
+
+/// [`kmeans_plusplus`] on data already checked by [`check_data`].
+fn kmeans_plusplus_trusted<T: Real>(
+    x: &[T],
+    d: usize,
+    k: usize,
+    seed: u64,
+    threads: usize,
+) -> Result<Vec<f64>> {
+    let n = x.len() / d;
     if k == 0 {
         return Err(CoreError::value("k", "must be >= 1, got 0"));
     }
@@ -406,12 +431,25 @@ pub fn kmeans<T: Real>(
     threads: usize,
 ) -> Result<KMeansResult> {
     check_data(x, d)?;
+    kmeans_trusted(x, d, k, init, max_iter, tol, threads)
+}
+
+/// [`kmeans`] on data already checked by [`check_data`] (the elbow search checks once).
+pub(crate) fn kmeans_trusted<T: Real>(
+    x: &[T],
+    d: usize,
+    k: usize,
+    init: Init<'_>,
+    max_iter: usize,
+    tol: f64,
+    threads: usize,
+) -> Result<KMeansResult> {
     if k == 0 {
         return Err(CoreError::value("k", "must be >= 1, got 0"));
     }
     check_iter_tol(max_iter, tol)?;
     let centres = match init {
-        Init::PlusPlus { seed } => kmeans_plusplus(x, d, k, seed, threads)?,
+        Init::PlusPlus { seed } => kmeans_plusplus_trusted(x, d, k, seed, threads)?,
         Init::Centres(c) => {
             check_centres(c, d)?;
             if c.len() != k * d {
@@ -423,7 +461,7 @@ pub fn kmeans<T: Real>(
             c.to_vec()
         }
     };
-    lloyd(x, d, centres, max_iter, tol, threads)
+    lloyd_trusted(x, d, centres, max_iter, tol, threads)
 }
 
 /// The first `limit` distinct rows are enough to cap k: counts distinct rows up to `limit`.

@@ -29,7 +29,7 @@ where
     if threads <= 1 || n_chunks <= 1 {
         return (0..n_chunks).map(f).collect();
     }
-    let min_len = n_chunks.div_ceil(threads).max(1);
+    let min_len = (n_chunks / threads).max(1); // rayon splits while both halves keep min_len
     (0..n_chunks).into_par_iter().with_min_len(min_len).map(f).collect()
 }
 
@@ -45,7 +45,7 @@ where
     if threads <= 1 || n_chunks <= 1 {
         return out.chunks_mut(per_chunk.max(1)).enumerate().map(|(i, c)| f(i, c)).collect();
     }
-    let min_len = n_chunks.div_ceil(threads).max(1);
+    let min_len = (n_chunks / threads).max(1); // rayon splits while both halves keep min_len
     out.par_chunks_mut(per_chunk.max(1)).with_min_len(min_len).enumerate().map(|(i, c)| f(i, c)).collect()
 }
 
@@ -75,7 +75,7 @@ where
             .map(|(i, (x, y))| f(i, x, y))
             .collect();
     }
-    let min_len = n_chunks.div_ceil(threads).max(1);
+    let min_len = (n_chunks / threads).max(1); // rayon splits while both halves keep min_len
     a.par_chunks_mut(per * ga)
         .zip(b.par_chunks_mut(per))
         .with_min_len(min_len)
