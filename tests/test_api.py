@@ -186,3 +186,22 @@ def test_repr_and_config():
     assert "faithful" in repr(fa)
     assert fa.config["k_max"] == 2 and fa.config["features"] == "raw"
     assert fa.step_count == 0
+
+
+def test_out_buffers_are_written_in_place_and_checked():
+    r = binary_batch(6, 4)
+    buf = np.empty_like(r)
+    res = group_advantages(r, 4, out=buf)
+    assert res is buf
+    np.testing.assert_array_equal(buf, group_advantages(r, 4))
+    fa, fb = FairAdvantage(), FairAdvantage()
+    buf2 = np.empty_like(r)
+    a = fa(r, 4, sources=["a", "b"] * 3, out=buf2)
+    assert a.advantages is buf2
+    np.testing.assert_array_equal(buf2, fb(r, 4, sources=["a", "b"] * 3).advantages)
+    with pytest.raises(fairgrpo.ShapeError, match="out"):
+        group_advantages(r, 4, out=np.empty(5, dtype=np.float32))
+    with pytest.raises(fairgrpo.ShapeError, match="out"):
+        group_advantages(r, 4, out=np.empty(24, dtype=np.float64))  # wrong dtype
+    with pytest.raises(fairgrpo.ShapeError, match="out"):
+        group_advantages(r, 4, out=r)  # aliases the input

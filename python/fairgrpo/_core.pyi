@@ -49,6 +49,7 @@ def group_advantages(
     scale: str = "group",
     eps: float = 1e-4,
     n_threads: int | None = None,
+    out: npt.NDArray[Any] | None = None,
 ) -> npt.NDArray[Any]: ...
 def kmeans(
     x: npt.NDArray[Any],
@@ -90,4 +91,5 @@ class FairCore:
         sources: Any = None,
         groups: Any = None,
         true_groups: Any = None,
+        out: npt.NDArray[Any] | None = None,
     ) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64], npt.NDArray[np.int64], str]: ...

@@ -62,7 +62,12 @@ def _threads(n_threads: int | None) -> int | None:
 
 
 def group_advantages(
-    rewards: Any, group_size: int, scale: str = "group", eps: float = 1e-4, n_threads: int | None = None
+    rewards: Any,
+    group_size: int,
+    scale: str = "group",
+    eps: float = 1e-4,
+    n_threads: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """GRPO advantages exactly as TRL 1.16's ``GRPOTrainer``.
 
@@ -73,6 +78,8 @@ def group_advantages(
         scale: ``"group"``, ``"batch"`` or ``"none"`` (TRL's ``scale_rewards``).
         eps: added to the std (TRL uses 1e-4).
         n_threads: threads (``None``: all); results are identical for any value.
+        out: optional 1-D array of the same length and dtype to write into (reusing a large
+            buffer saves the page faults of a fresh one); it is returned.
 
     Returns:
         Advantages with the shape and float dtype of ``rewards``.
@@ -91,8 +98,8 @@ def group_advantages(
         a = a.reshape(-1)
     r = _floats(a, "rewards", 1)
     _check_group_size(group_size)
-    out = _core.group_advantages(r, group_size, scale, float(eps), _threads(n_threads))
-    return out.reshape(shape)
+    res = _core.group_advantages(r, group_size, scale, float(eps), _threads(n_threads), out)
+    return res if out is not None else res.reshape(shape)
 
 
 def _check_group_size(g: Any) -> None:
@@ -383,6 +390,7 @@ class FairAdvantage:
         sources: Any = None,
         groups: Any = None,
         true_groups: Any = None,
+        out: np.ndarray | None = None,
     ) -> FairOutput:
         """One training step on a global batch.
 
@@ -393,6 +401,7 @@ class FairAdvantage:
             groups: one demographic group per prompt (str or int), None / -1 = unknown.
             true_groups: optional hidden demographics, only to score how well the implicit
                 groups align with them (``stats["sources"][d]["true_ari"]``).
+            out: optional 1-D array (length P*G, the rewards' dtype) to write the advantages into.
 
         Returns:
             :class:`FairOutput`. On an error the state is unchanged.
@@ -405,6 +414,7 @@ class FairAdvantage:
             _labels(sources, "sources"),
             _labels(groups, "groups"),
             _labels(true_groups, "true_groups"),
+            out,
         )
         rep = json.loads(report)
         stats = {

@@ -71,3 +71,46 @@ pub fn contiguous<'a, T: numpy::Element>(
         ))
     })
 }
+
+/// Runs `f` on an output buffer of `n` elements: the caller's `out` array (written in place,
+/// then returned) or a fresh array. Reusing a large `out` saves the page faults of a new one.
+pub fn with_out<'py, T, R, F>(
+    py: Python<'py>,
+    out: Option<&Bound<'py, PyAny>>,
+    n: usize,
+    f: F,
+) -> PyResult<(Bound<'py, PyAny>, R)>
+where
+    T: crate::real::Real + numpy::Element,
+    R: Send,
+    F: FnOnce(&mut [T]) -> crate::Result<R> + Send,
+{
+    use numpy::{IntoPyArray, PyReadwriteArray1};
+    match out {
+        Some(o) if !o.is_none() => {
+            let mut rw: PyReadwriteArray1<'py, T> = o.extract().map_err(|e| {
+                super::errors::ShapeError::new_err(format!(
+                    "`out` must be a writable, C-contiguous 1-D array of the rewards' dtype that does not \
+                     share memory with the inputs ({e})"
+                ))
+            })?;
+            let s = rw
+                .as_slice_mut()
+                .map_err(|_| super::errors::ShapeError::new_err("`out` must be C-contiguous"))?;
+            if s.len() != n {
+                return Err(super::errors::ShapeError::new_err(format!(
+                    "`out` has length {} but the rewards have {n}",
+                    s.len()
+                )));
+            }
+            let r = super::errors::detach(py, || f(s))?;
+            drop(rw);
+            Ok((o.clone(), r))
+        }
+        _ => {
+            let mut v = vec![T::ZERO; n];
+            let r = super::errors::detach(py, || f(&mut v))?;
+            Ok((v.into_pyarray(py).into_any(), r))
+        }
+    }
+}

@@ -1,8 +1,7 @@
 //! `FairCore`: the stateful FairGRPO advantage computation. The public, documented
 //! `fairgrpo.FairAdvantage` wraps it (options by keyword, stats as a dict).
 
-use super::arrays::{contiguous, labels_arg, Floats1, LabelsArg};
-use super::errors::detach;
+use super::arrays::{contiguous, labels_arg, with_out, Floats1, LabelsArg};
 use crate::config::FairConfig;
 use crate::error::CoreError;
 use crate::fair::{FairAdvantage, StepOutput};
@@ -61,7 +60,8 @@ impl FairCore {
     }
 
     /// One training step. Returns ``(advantages, weights, clusters, report_json)``.
-    #[pyo3(signature = (rewards, group_size, sources = None, groups = None, true_groups = None))]
+    #[pyo3(signature = (rewards, group_size, sources = None, groups = None, true_groups = None, out = None))]
+    #[allow(clippy::too_many_arguments)]
     fn step<'py>(
         &mut self,
         py: Python<'py>,
@@ -70,6 +70,7 @@ impl FairCore {
         sources: Option<&Bound<'py, PyAny>>,
         groups: Option<&Bound<'py, PyAny>>,
         true_groups: Option<&Bound<'py, PyAny>>,
+        out: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<StepResult<'py>> {
         let s = labels_arg(sources, "sources")?;
         let g = labels_arg(groups, "groups")?;
@@ -81,25 +82,21 @@ impl FairCore {
             fa: &mut FairAdvantage,
             r: &[T],
             gs: usize,
-            ls: Labels<'_>,
-            lg: Labels<'_>,
-            lt: Labels<'_>,
-        ) -> crate::Result<(Vec<T>, StepOutput, String)> {
-            let mut out = vec![T::ZERO; r.len()];
-            let o = fa.step(r, gs, ls, lg, lt, &mut out)?;
+            labels: (Labels<'_>, Labels<'_>, Labels<'_>),
+            out: &mut [T],
+        ) -> crate::Result<(StepOutput, String)> {
+            let o = fa.step(r, gs, labels.0, labels.1, labels.2, out)?;
             let json = serde_json::to_string(&o.report).map_err(|e| CoreError::State(e.to_string()))?;
-            Ok((out, o, json))
+            Ok((o, json))
         }
-        let (adv, o, json) = match &rewards {
+        let (adv, (o, json)) = match &rewards {
             Floats1::F32(a) => {
                 let r = contiguous(a, "rewards")?;
-                let (adv, o, j) = detach(py, || run(inner, r, group_size, ls, lg, lt))?;
-                (adv.into_pyarray(py).into_any(), o, j)
+                with_out(py, out, r.len(), |buf| run(inner, r, group_size, (ls, lg, lt), buf))?
             }
             Floats1::F64(a) => {
                 let r = contiguous(a, "rewards")?;
-                let (adv, o, j) = detach(py, || run(inner, r, group_size, ls, lg, lt))?;
-                (adv.into_pyarray(py).into_any(), o, j)
+                with_out(py, out, r.len(), |buf| run(inner, r, group_size, (ls, lg, lt), buf))?
             }
         };
         let w = o.weights.into_pyarray(py).into_any();

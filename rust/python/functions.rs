@@ -1,13 +1,12 @@
 //! Stateless functions: `group_advantages`, `kmeans`, `kmeans_plusplus`, `select_k`, and the
 //! clustering agreement scores.
 
-use super::arrays::{contiguous, Floats1, Floats2};
+use super::arrays::{contiguous, with_out, Floats1, Floats2};
 use super::errors::detach;
 use crate::advantages::{self, Scale};
 use crate::kmeans::{self as core_kmeans, Init, KMeansResult as CoreResult};
 use crate::metrics;
 use crate::pool::resolve_threads;
-use crate::real::Real;
 use crate::select_k::{self as core_select, SelectKParams};
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
@@ -22,6 +21,7 @@ use pyo3::prelude::*;
 ///     scale: ``"group"`` (per-prompt std), ``"batch"`` (batch std) or ``"none"``.
 ///     eps: added to the std before dividing (TRL: 1e-4).
 ///     n_threads: threads to use (``None``: all of the pool); results do not depend on it.
+///     out: optional array to write into (same length and dtype), returned.
 ///
 /// Returns:
 ///     Advantages, same shape and dtype as ``rewards``.
@@ -30,7 +30,7 @@ use pyo3::prelude::*;
 ///     >>> group_advantages(np.array([1.0, 0.0, 0.0, 0.0]), group_size=2)
 ///     array([ 0.70705...,  -0.70705...,  0.,  0.])
 #[pyfunction]
-#[pyo3(signature = (rewards, group_size, scale = "group", eps = 1e-4, n_threads = None))]
+#[pyo3(signature = (rewards, group_size, scale = "group", eps = 1e-4, n_threads = None, out = None))]
 pub fn group_advantages<'py>(
     py: Python<'py>,
     rewards: Floats1<'py>,
@@ -38,22 +38,24 @@ pub fn group_advantages<'py>(
     scale: &str,
     eps: f64,
     n_threads: Option<usize>,
+    out: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let scale: Scale = scale.parse()?;
     let threads = resolve_threads(n_threads)?;
-    fn run<T: Real>(r: &[T], g: usize, s: Scale, eps: f64, t: usize) -> crate::Result<Vec<T>> {
-        let mut out = vec![T::ZERO; r.len()];
-        advantages::group_advantages(r, g, s, eps, t, &mut out)?;
-        Ok(out)
-    }
     Ok(match rewards {
         Floats1::F32(a) => {
             let r = contiguous(&a, "rewards")?;
-            detach(py, || run(r, group_size, scale, eps, threads))?.into_pyarray(py).into_any()
+            with_out(py, out, r.len(), |o| {
+                advantages::group_advantages(r, group_size, scale, eps, threads, o)
+            })?
+            .0
         }
         Floats1::F64(a) => {
             let r = contiguous(&a, "rewards")?;
-            detach(py, || run(r, group_size, scale, eps, threads))?.into_pyarray(py).into_any()
+            with_out(py, out, r.len(), |o| {
+                advantages::group_advantages(r, group_size, scale, eps, threads, o)
+            })?
+            .0
         }
     })
 }
