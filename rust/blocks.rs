@@ -200,19 +200,18 @@ pub fn write_prompt_scores<T: Real>(
     shift: f64,
     scale: f64,
 ) -> f64 {
-    for (ov, &r) in oq.iter_mut().zip(rq) {
+    // |A| summed in four interleaved partial sums (fixed order) from the values in registers:
+    // reading the freshly written output back would stall on store forwarding
+    let mut part = [0.0f64; 4];
+    for (i, (ov, &r)) in oq.iter_mut().zip(rq).enumerate() {
         let r = r.to_f64();
         let a = (r - mean) * inv;
         let sc = T::from_f64(if a.is_nan() { 0.0 } else { a }).to_f64();
         let a = sc * mult;
         let a = if a.is_finite() { a } else { sc };
-        let a = if r.is_nan() { 0.0 } else { (a - shift) * scale };
-        *ov = T::from_f64(a);
-    }
-    // four independent partial sums (fixed order), so the chain does not bound the speed
-    let mut part = [0.0f64; 4];
-    for (i, v) in oq.iter().enumerate() {
-        part[i % 4] += v.to_f64().abs();
+        let a = T::from_f64(if r.is_nan() { 0.0 } else { (a - shift) * scale });
+        part[i & 3] += a.to_f64().abs();
+        *ov = a;
     }
     (part[0] + part[1]) + (part[2] + part[3])
 }
