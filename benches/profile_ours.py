@@ -5,6 +5,7 @@
 
 Workloads: ``lloyd`` (n=1e6, d=10, k=3, to convergence), ``kpp`` (k-means++ on the same data),
 ``gadv`` (group_advantages, N=1e7), ``fair`` (FairAdvantage("robust"), N=1e7, 4x8 groups),
+``gadv-out`` / ``fair-out`` (the same writing into one reused output buffer, ``out=``),
 ``refit`` / ``incremental`` (the implicit-group step of 1000 prompts on a 1e6-prompt history).
 Prints the median time per call and the CPU time / wall time (how many cores were busy).
 """
@@ -32,12 +33,13 @@ def workload(what: str, n: int) -> Any:
         if what == "lloyd":
             return lambda: fairgrpo.kmeans(x, 3, init=c, max_iter=50, tol=0)
         return lambda: fairgrpo.kmeans_plusplus(x, 3, seed=0)
-    if what in ("gadv", "fair"):
+    if what in ("gadv", "fair", "gadv-out", "fair-out"):
         r, s, g = make_rollouts(1_000_000, 10, 4, 8, seed=7)
-        if what == "gadv":
-            return lambda: fairgrpo.group_advantages(r, 10)
+        out = np.empty_like(r) if what.endswith("-out") else None  # reused output buffer
+        if what.startswith("gadv"):
+            return lambda: fairgrpo.group_advantages(r, 10, out=out)
         fa = fairgrpo.FairAdvantage("robust")
-        return lambda: fa(r, 10, sources=s, groups=g)
+        return lambda: fa(r, 10, sources=s, groups=g, out=out)
     if what in ("refit", "incremental"):
         b = 1000
         pool = make_history(1_000_000 + b * (n + 2), 8, seed=11)

@@ -76,7 +76,17 @@ def test_group_advantages_match_trl(batch, scale):
     r, g = batch
     r = r.astype(np.float32)
     ours = fairgrpo.group_advantages(r, g, scale=scale)
-    np.testing.assert_allclose(ours, trl_advantages(r, g, scale), rtol=2e-5, atol=2e-5)
+    trl = trl_advantages(r, g, scale)
+    # Where a group's rewards are all equal, the exact std is 0: we give 0, while TRL's float32
+    # mean can miss the value by an ulp, which its 1/(0 + 1e-4) scale magnifies to ~1e-3.
+    grouped = r.astype(np.float64).reshape(-1, g)
+    const = np.repeat(np.nanmax(grouped, axis=1) == np.nanmin(grouped, axis=1), g) if g > 1 else None
+    if scale == "batch" and np.nanmax(r) == np.nanmin(r) and len(r) > 1:
+        const = np.ones(len(r), dtype=bool)
+    if const is not None and scale in ("group", "batch"):
+        assert np.all(ours[const] == 0) and np.all(np.abs(trl[const]) < 1e-2)
+        ours, trl = ours[~const], trl[~const]
+    np.testing.assert_allclose(ours, trl, rtol=2e-5, atol=2e-5)
 
 
 # ------------------------------------------------------------------ k-means
