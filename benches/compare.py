@@ -843,7 +843,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  [{mark}] {target}: {how}")
     if rep.plot.get("implicit"):
         plot(rep, Path(cfg.plot))
-        print(f"\nplot: {cfg.plot}")
+        shown = Path(cfg.plot).resolve()
+        here = Path.cwd().resolve()
+        print(f"\nplot: {shown.relative_to(here) if shown.is_relative_to(here) else shown}")
     failed_identity = any(t.startswith("results identical") and met is False for t, met, _ in rep.checks)
     return 1 if failed_identity else 0
 
