@@ -8,7 +8,7 @@
 //! in the same order, so the results are bitwise those of the scalar code, on every CPU
 //! (the AVX2 / AVX-512 builds below differ only in vector width: no FMA contraction).
 
-use crate::advantages::Scale;
+use crate::advantages::{score, Scale};
 use crate::real::Real;
 
 /// Prompts per block.
@@ -51,12 +51,6 @@ impl BlockScorer {
             infinite: false,
             with_scores: true,
         }
-    }
-
-    /// Whether rollout `i` of lane `l` is a NaN (unscorable) reward.
-    #[inline(always)]
-    pub fn is_nan(&self, i: usize, l: usize) -> bool {
-        self.buf[i * L + l].is_nan()
     }
 
     /// Loads `np <= L` prompts (`np * G` rewards) and computes their moments and scores.
@@ -106,16 +100,6 @@ impl BlockScorer {
         let g = self.g;
         for (l, (rq, oq)) in r.chunks_exact(g).zip(out.chunks_exact_mut(g)).enumerate() {
             write_prompt_scores(rq, oq, self.mean[l], self.inv[l], 1.0, 0.0, 1.0);
-        }
-    }
-
-    /// Writes the block's (possibly updated) scores `s` back in prompt-major order.
-    pub fn store<T: Real>(&self, out: &mut [T]) {
-        let g = self.g;
-        for (l, oq) in out.chunks_exact_mut(g).enumerate() {
-            for (i, ov) in oq.iter_mut().enumerate() {
-                *ov = T::from_f64(self.s[i * L + l]);
-            }
         }
     }
 
@@ -173,9 +157,7 @@ impl BlockScorer {
             .take(if self.with_scores { g } else { 0 })
         {
             for l in 0..L {
-                let a = (row[l] - mean[l]) * inv[l];
-                let a = if a.is_nan() { 0.0 } else { a };
-                srow[l] = T::from_f64(a).to_f64();
+                srow[l] = T::from_f64(score(row[l], mean[l], inv[l])).to_f64();
             }
         }
         self.sum = sum;
@@ -205,8 +187,7 @@ pub fn write_prompt_scores<T: Real>(
     let mut part = [0.0f64; 4];
     for (i, (ov, &r)) in oq.iter_mut().zip(rq).enumerate() {
         let r = r.to_f64();
-        let a = (r - mean) * inv;
-        let sc = T::from_f64(if a.is_nan() { 0.0 } else { a }).to_f64();
+        let sc = T::from_f64(score(r, mean, inv)).to_f64();
         let a = sc * mult;
         let a = if a.is_finite() { a } else { sc };
         let a = T::from_f64(if r.is_nan() { 0.0 } else { (a - shift) * scale });
@@ -299,7 +280,7 @@ impl<T: Real> Pass2<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::advantages::{inv_scale, moments, score};
+    use crate::advantages::{inv_scale, moments};
 
     #[test]
     fn lanes_equal_the_scalar_code_bitwise() {
