@@ -517,7 +517,7 @@ fn potential_rows<T: Real>(p: &mut Potential<'_, T>) {
 ///
 /// The AVX-512 intrinsics are stable since Rust 1.89 (the crate's `rust-version`).
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use super::{dist2, finish_assign, Assign, Fold, Potential, LANES};
     use std::arch::x86_64::*;
 
@@ -527,7 +527,7 @@ mod avx512 {
     /// # Safety
     /// AVX-512F must be available and `x` valid for `16 * D` reads.
     #[inline(always)]
-    unsafe fn transpose<const D: usize>(x: *const f32, r: &mut [__m512; 16], xt: &mut [__m512; D]) {
+    pub(crate) unsafe fn transpose<const D: usize>(x: *const f32, r: &mut [__m512; 16], xt: &mut [__m512; D]) {
         let mask = ((1u32 << D) - 1) as __mmask16;
         for (l, v) in r.iter_mut().enumerate() {
             *v = _mm512_maskz_loadu_ps(mask, x.add(l * D));
