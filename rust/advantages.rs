@@ -10,6 +10,7 @@ use crate::blocks::{BlockScorer, L};
 use crate::error::{CoreError, Result};
 use crate::pool::{map_chunks, map_chunks_mut, simd, CHUNK};
 use crate::real::Real;
+use crate::tiles;
 use std::str::FromStr;
 
 /// How rewards are scaled after the mean is subtracted (TRL's `scale_rewards`).
@@ -99,6 +100,9 @@ pub fn score(r: f64, mean: f64, inv: f64) -> f64 {
     }
 }
 
+/// Prompts per chunk of the tiled (f32, AVX-512) path.
+const TILED_CHUNK: usize = 2048;
+
 /// The error for an infinite reward at flat index `i`.
 pub fn infinite_reward(i: usize) -> CoreError {
     CoreError::value(
@@ -170,25 +174,38 @@ pub fn group_advantages<T: Real>(
     }
     let g = group_size;
     let bstd = if scale == Scale::Batch { batch_std(rewards, threads) } else { 0.0 };
-    let per_chunk = (CHUNK / g).max(1) * g;
-    let bad = map_chunks_mut(out, per_chunk, threads, |c, o| {
-        simd(|| {
+    let bad = if let (Some(r), Some(o), true) = (T::as_f32(rewards), T::as_f32_mut(out), tiles::supports(g)) {
+        // f32 on AVX-512: 16 prompts per tile, bitwise the portable code below
+        let p = tiles::ScoreParams::new(scale, bstd, eps, g);
+        let per_chunk = TILED_CHUNK * g;
+        map_chunks_mut(o, per_chunk, threads, |c, o| {
             let base = c * per_chunk;
-            let r = &rewards[base..base + o.len()];
-            let mut b = BlockScorer::new(g, scale, bstd, eps);
-            b.with_scores = false;
-            let mut bad = None;
-            for (k, (rb, ob)) in r.chunks(L * g).zip(o.chunks_mut(L * g)).enumerate() {
-                let np = rb.len() / g;
-                b.load(rb, np);
-                if b.infinite && bad.is_none() {
-                    bad = rb.iter().position(|v| !v.is_finite() && !v.is_nan()).map(|i| base + k * L * g + i);
-                }
-                b.write_scores(rb, ob);
-            }
-            bad
+            tiles::scores(&r[base..base + o.len()], g, &p, o).map(|i| base + i)
         })
-    });
+    } else {
+        let per_chunk = (CHUNK / g).max(1) * g;
+        map_chunks_mut(out, per_chunk, threads, |c, o| {
+            simd(|| {
+                let base = c * per_chunk;
+                let r = &rewards[base..base + o.len()];
+                let mut b = BlockScorer::new(g, scale, bstd, eps);
+                b.with_scores = false;
+                let mut bad = None;
+                for (k, (rb, ob)) in r.chunks(L * g).zip(o.chunks_mut(L * g)).enumerate() {
+                    let np = rb.len() / g;
+                    b.load(rb, np);
+                    if b.infinite && bad.is_none() {
+                        bad = rb
+                            .iter()
+                            .position(|v| !v.is_finite() && !v.is_nan())
+                            .map(|i| base + k * L * g + i);
+                    }
+                    b.write_scores(rb, ob);
+                }
+                bad
+            })
+        })
+    };
     match bad.into_iter().flatten().next() {
         Some(i) => Err(infinite_reward(i)),
         None => Ok(()),

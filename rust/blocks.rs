@@ -201,57 +201,51 @@ pub fn write_prompt_scores<T: Real>(
 pub struct Pass2<'a, T> {
     pub rewards: &'a [T],
     pub g: usize,
-    /// Per prompt: (mean, inverse scale) from pass 1.
+    /// Per prompt: (mean, inverse scale) from pass 1, and its weight cell.
     pub pstat: &'a [(f64, f64)],
-    /// Per prompt: source id, group id (-1 unknown), cluster (-1 labelled).
-    pub sid: &'a [i32],
-    pub gid: &'a [i32],
-    pub clusters: &'a [i64],
-    /// Number of group labels; first cluster cell of each source.
-    pub ng: usize,
-    pub cluster_base: &'a [usize],
+    pub cells: &'a [u32],
+    /// Per cell: what multiplies the score.
     pub mult: &'a [f64],
-    pub cell_w: &'a [f64],
     pub shift: f64,
     pub scale: f64,
 }
 
 impl<T: Real> Pass2<'_, T> {
-    /// Writes the advantages and weights of the prompts from `q0` on; adds |A| per cell.
-    pub fn run(&self, q0: usize, out: &mut [T], w: &mut [f64], mass: &mut [f64]) {
+    /// Writes the advantages of the prompts from `q0` on; adds |A| per cell.
+    pub fn run(&self, q0: usize, out: &mut [T], mass: &mut [f64]) {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU supports AVX-512F, checked just above.
-                return unsafe { self.run_avx512(q0, out, w, mass) };
+                return unsafe { self.run_avx512(q0, out, mass) };
             }
             if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU supports AVX2, checked just above.
-                return unsafe { self.run_avx2(q0, out, w, mass) };
+                return unsafe { self.run_avx2(q0, out, mass) };
             }
         }
-        self.run_dispatch(q0, out, w, mass)
+        self.run_dispatch(q0, out, mass)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn run_avx512(&self, q0: usize, out: &mut [T], w: &mut [f64], mass: &mut [f64]) {
-        self.run_dispatch(q0, out, w, mass)
+    unsafe fn run_avx512(&self, q0: usize, out: &mut [T], mass: &mut [f64]) {
+        self.run_dispatch(q0, out, mass)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2(&self, q0: usize, out: &mut [T], w: &mut [f64], mass: &mut [f64]) {
-        self.run_dispatch(q0, out, w, mass)
+    unsafe fn run_avx2(&self, q0: usize, out: &mut [T], mass: &mut [f64]) {
+        self.run_dispatch(q0, out, mass)
     }
 
     #[inline(always)]
-    fn run_dispatch(&self, q0: usize, out: &mut [T], w: &mut [f64], mass: &mut [f64]) {
+    fn run_dispatch(&self, q0: usize, out: &mut [T], mass: &mut [f64]) {
         macro_rules! fixed {
             ($($g:literal)*) => {
                 match self.g {
-                    $($g => self.run_impl::<$g>(q0, out, w, mass),)*
-                    _ => self.run_impl::<0>(q0, out, w, mass),
+                    $($g => self.run_impl::<$g>(q0, out, mass),)*
+                    _ => self.run_impl::<0>(q0, out, mass),
                 }
             };
         }
@@ -259,17 +253,11 @@ impl<T: Real> Pass2<'_, T> {
     }
 
     #[inline(always)]
-    fn run_impl<const G: usize>(&self, q0: usize, out: &mut [T], w: &mut [f64], mass: &mut [f64]) {
+    fn run_impl<const G: usize>(&self, q0: usize, out: &mut [T], mass: &mut [f64]) {
         let g = if G > 0 { G } else { self.g };
-        for (j, (oq, wq)) in out.chunks_exact_mut(g).zip(w.iter_mut()).enumerate() {
+        for (j, oq) in out.chunks_exact_mut(g).enumerate() {
             let q = q0 + j;
-            let s = self.sid[q] as usize;
-            let c = if self.gid[q] >= 0 {
-                s * self.ng + self.gid[q] as usize
-            } else {
-                self.cluster_base[s] + self.clusters[q] as usize
-            };
-            *wq = self.cell_w[c];
+            let c = self.cells[q] as usize;
             let (mean, inv) = self.pstat[q];
             let rq = &self.rewards[q * g..(q + 1) * g];
             mass[c] += write_prompt_scores(rq, oq, mean, inv, self.mult[c], self.shift, self.scale);

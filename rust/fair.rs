@@ -19,9 +19,10 @@ use crate::config::{FairConfig, Features, Renorm, StatsMode, Weighting};
 use crate::error::{CoreError, Result};
 use crate::labels::{Key, LabelMap, Labels};
 use crate::metrics::{adjusted_rand_index, normalized_mutual_info};
-use crate::pool::{map_chunks_mut, map_chunks_mut2, resolve_threads, simd};
+use crate::pool::{map_chunks_mut, resolve_threads, simd};
 use crate::real::Real;
 use crate::select_k::SelectKParams;
+use crate::tiles::{self, CellWeights, ScoreParams};
 use serde::{Deserialize, Serialize};
 
 /// Prompts per chunk of the two passes.
@@ -76,6 +77,41 @@ pub struct FairAdvantage {
     pub group_stats: Vec<Vec<RunStat>>,
     /// Per source.
     pub clusters: Vec<SourceClusters>,
+    /// Per-prompt buffers reused from step to step (not part of the state).
+    #[serde(skip)]
+    scratch: Scratch,
+}
+
+/// Per-prompt working buffers of a step, kept so that the next step of the same size does
+/// not allocate (and page-fault) them again. Not part of the state: a clone starts empty
+/// and every two scratches compare equal.
+#[derive(Default)]
+struct Scratch {
+    /// Source and group id of each prompt.
+    sid: Vec<i32>,
+    gid: Vec<i32>,
+    /// Weight cell of each prompt.
+    cell: Vec<u32>,
+    /// (mean, inverse scale) of each prompt, for the portable pass 2.
+    pstat: Vec<(f64, f64)>,
+}
+
+impl Clone for Scratch {
+    fn clone(&self) -> Self {
+        Scratch::default()
+    }
+}
+
+impl PartialEq for Scratch {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scratch")
+    }
 }
 
 /// One weight cell of a step: a labelled group or a cluster of a source.
@@ -163,6 +199,7 @@ impl FairAdvantage {
             source_stats: Vec::new(),
             group_stats: Vec::new(),
             clusters: Vec::new(),
+            scratch: Scratch::default(),
         })
     }
 
@@ -213,6 +250,39 @@ impl FairAdvantage {
         true_groups: Labels<'_>,
         out: &mut [T],
     ) -> Result<StepOutput> {
+        let p = check_rewards(rewards, group_size)?;
+        let mut weights = vec![0.0f64; p];
+        let mut clusters = vec![-1i64; p];
+        let report = self.step_into(
+            rewards,
+            group_size,
+            sources,
+            groups,
+            true_groups,
+            out,
+            &mut weights,
+            &mut clusters,
+        )?;
+        Ok(StepOutput { weights, clusters, report })
+    }
+
+    /// [`FairAdvantage::step`] writing the weights and clusters (P each) into the caller's
+    /// buffers too.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_into<T: Real>(
+        &mut self,
+        rewards: &[T],
+        group_size: usize,
+        sources: Labels<'_>,
+        groups: Labels<'_>,
+        true_groups: Labels<'_>,
+        out: &mut [T],
+        weights: &mut [f64],
+        clusters: &mut [i64],
+    ) -> Result<Report> {
+        // the buffers are put back after pass 2 (an error drops them: the next step
+        // allocates new ones)
+        let mut scratch = std::mem::take(&mut self.scratch);
         let cfg = self.config.clone();
         let threads = resolve_threads(cfg.n_threads)?;
         let p = check_rewards(rewards, group_size)?;
@@ -220,16 +290,21 @@ impl FairAdvantage {
         if out.len() != rewards.len() {
             return Err(CoreError::shape("out", "must have the length of rewards"));
         }
+        if weights.len() != p || clusters.len() != p {
+            return Err(CoreError::shape("weights", "the weights and clusters need one entry per prompt"));
+        }
         // --- labels, on copies: committed only once nothing can fail ---
         let mut smap = self.sources.clone();
         let mut gmap = self.groups.clone();
-        let default_source = [Some(Key::Str("default".into()))];
-        let sid = match sources {
+        let Scratch { sid, gid, cell, pstat } = &mut scratch;
+        match sources {
             Labels::Absent => {
+                let default_source = [Some(Key::Str("default".into()))];
                 let id = smap.map(Labels::Keys(&default_source), 1, "sources")?[0];
-                vec![id; p]
+                sid.clear();
+                sid.resize(p, id);
             }
-            l => smap.map(l, p, "sources")?,
+            l => smap.map_into(l, p, "sources", threads, sid)?,
         };
         if let Some(i) = sid.iter().position(|&s| s < 0) {
             return Err(CoreError::value(
@@ -240,16 +315,22 @@ impl FairAdvantage {
                 ),
             ));
         }
-        let mut gid = gmap.map(groups, p, "groups")?;
+        gmap.map_into(groups, p, "groups", threads, gid)?;
         if !cfg.use_groups {
             gid.iter_mut().for_each(|v| *v = -1);
         }
+        let (sid, gid) = (&sid[..], &gid[..]);
         let tid = match true_groups {
             Labels::Absent => None,
             l => Some(LabelMap::default().map(l, p, "true_groups")?),
         };
+        let ns = smap.len();
+        let mut seen = vec![false; ns];
+        for &s in sid {
+            seen[s as usize] = true;
+        }
         for (s, c) in self.clusters.iter().enumerate() {
-            if c.dim != 0 && c.dim != g && sid.contains(&(s as i32)) {
+            if c.dim != 0 && c.dim != g && seen[s] {
                 return Err(CoreError::value(
                     "group_size",
                     format!(
@@ -262,22 +343,49 @@ impl FairAdvantage {
                 ));
             }
         }
-        let ns = smap.len();
         let ng = gmap.len();
 
         // --- pass 1: per-prompt moments and scores, summed per source / group cell ---
         let bstd = if cfg.scale == Scale::Batch { batch_std(rewards, threads) } else { 0.0 };
-        let mut pstat = vec![(0.0f64, 0.0f64); p]; // per prompt: (mean, inverse scale)
-        let parts = map_chunks_mut(&mut pstat, PROMPTS_PER_CHUNK, threads, |ci, ps| {
+        // f32 rewards on AVX-512: 16-prompt tiles (bitwise the portable code)
+        let tiled = T::as_f32(rewards).filter(|_| tiles::supports(g));
+        let sp = ScoreParams::new(cfg.scale, bstd, cfg.score_eps, g);
+        cell.resize(p, u32::MAX);
+        if tiled.is_none() {
+            pstat.resize(p, (0.0, 0.0));
+        }
+        let mut ps_chunks = pstat.chunks_mut(PROMPTS_PER_CHUNK);
+        let mut pieces: Vec<_> =
+            cell.chunks_mut(PROMPTS_PER_CHUNK).map(|c| (c, ps_chunks.next().unwrap_or_default())).collect();
+        let parts = map_chunks_mut(&mut pieces, 1, threads, |ci, piece| {
+            let (cells, ps) = &mut piece[0];
+            let q_start = ci * PROMPTS_PER_CHUNK;
+            let q_end = q_start + cells.len();
+            let mut part = Pass1 {
+                src: vec![Acc::default(); ns],
+                cell: vec![Acc::default(); ns * ng],
+                ..Default::default()
+            };
+            if let Some(r) = tiled {
+                part.bad = tiles::sums(&r[q_start * g..q_end * g], g, &sp, &mut |q0, n, ts| {
+                    for l in 0..n {
+                        let a = Acc {
+                            n: 1.0,
+                            rsum: ts.sum[l],
+                            rcnt: ts.cnt[l],
+                            ssum: ts.ssum[l],
+                            ssq: ts.ssq[l],
+                        };
+                        let q = q_start + q0 + l;
+                        cells[q0 + l] = part.add(q, sid[q], gid[q], ng, a);
+                    }
+                })
+                .map(|i| q_start * g + i);
+                return part;
+            }
             simd(|| {
-                let mut part = Pass1 {
-                    src: vec![Acc::default(); ns],
-                    cell: vec![Acc::default(); ns * ng],
-                    ..Default::default()
-                };
                 let mut b = BlockScorer::new(g, cfg.scale, bstd, cfg.score_eps);
-                let q_end = ((ci + 1) * PROMPTS_PER_CHUNK).min(p);
-                for q0 in (ci * PROMPTS_PER_CHUNK..q_end).step_by(L) {
+                for q0 in (q_start..q_end).step_by(L) {
                     let np = L.min(q_end - q0);
                     let rb = &rewards[q0 * g..(q0 + np) * g];
                     b.load(rb, np);
@@ -293,20 +401,15 @@ impl FairAdvantage {
                     }
                     for l in 0..np {
                         let q = q0 + l;
-                        ps[q - ci * PROMPTS_PER_CHUNK] = (b.mean[l], b.inv[l]);
+                        ps[q - q_start] = (b.mean[l], b.inv[l]);
                         let a = Acc { n: 1.0, rsum: b.sum[l], rcnt: b.cnt[l], ssum: ssum[l], ssq: ssq[l] };
-                        let s = sid[q] as usize;
-                        part.src[s].add(&a);
-                        if gid[q] >= 0 {
-                            part.cell[s * ng + gid[q] as usize].add(&a);
-                        } else {
-                            part.unl.push((q as u32, a));
-                        }
+                        cells[q - q_start] = part.add(q, sid[q], gid[q], ng, a);
                     }
                 }
-                part
-            })
+            });
+            part
         });
+        drop(pieces);
         if let Some(i) = parts.iter().find_map(|pt| pt.bad) {
             return Err(infinite_reward(i));
         }
@@ -373,11 +476,10 @@ impl FairAdvantage {
         }
         let mut acc = cell_acc;
         acc.resize(n_cells, Acc::default());
-        let mut clusters = vec![-1i64; p];
         for (i, (q, a)) in unl.iter().enumerate() {
             let c = cluster_base[sid[*q as usize] as usize] + unl_cluster[i] as usize;
             acc[c].add(a);
-            clusters[*q as usize] = unl_cluster[i] as i64;
+            cell[*q as usize] = c as u32;
         }
         let cell_source = |c: usize| {
             if c < ns * ng {
@@ -386,6 +488,10 @@ impl FairAdvantage {
                 cluster_base.iter().rposition(|&b| b <= c).unwrap_or(0)
             }
         };
+        // what each cell puts in the `clusters` output: -1 for a labelled group
+        let cell_cluster: Vec<i64> = (0..n_cells)
+            .map(|c| if c < ns * ng { -1 } else { (c - cluster_base[cell_source(c)]) as i64 })
+            .collect();
         let cell_run = |c: usize| -> RunStat {
             if c < ns * ng {
                 self.group_stats[c / ng][c % ng]
@@ -448,27 +554,42 @@ impl FairAdvantage {
             Renorm::None => (0.0, 1.0),
         };
 
-        // --- pass 2: write the advantages and weights; gradient mass per cell ---
-        let mut weights = vec![0.0f64; p];
-        let pass2 = Pass2 {
-            rewards,
-            g,
-            pstat: &pstat,
-            sid: &sid,
-            gid: &gid,
-            clusters: &clusters,
-            ng,
-            cluster_base: &cluster_base,
-            mult: &mult,
-            cell_w: &cell_w,
-            shift,
-            scale: inv_denom,
+        // --- pass 2: write the advantages, weights and clusters; gradient mass per cell ---
+        let tiled_out = T::as_f32_mut(out).filter(|_| tiled.is_some());
+        let per_out = PROMPTS_PER_CHUNK * g;
+        let masses = if let (Some(r), Some(o)) = (tiled, tiled_out) {
+            let mut pieces: Vec<_> = o
+                .chunks_mut(per_out)
+                .zip(weights.chunks_mut(PROMPTS_PER_CHUNK))
+                .zip(clusters.chunks_mut(PROMPTS_PER_CHUNK))
+                .collect();
+            map_chunks_mut(&mut pieces, 1, threads, |ci, piece| {
+                let ((o, w), cl) = &mut piece[0];
+                let q0 = ci * PROMPTS_PER_CHUNK;
+                let cells = &cell[q0..q0 + w.len()];
+                let mut mass = vec![0.0f64; n_cells];
+                let wt = CellWeights { cells, mult: &mult, shift, scale: inv_denom };
+                tiles::weighted(&r[q0 * g..(q0 + w.len()) * g], g, &sp, &wt, o, &mut mass);
+                write_cells(cells, &cell_w, &cell_cluster, w, cl);
+                mass
+            })
+        } else {
+            let pass2 = Pass2 { rewards, g, pstat, cells: cell, mult: &mult, shift, scale: inv_denom };
+            let mut pieces: Vec<_> = out
+                .chunks_mut(per_out)
+                .zip(weights.chunks_mut(PROMPTS_PER_CHUNK))
+                .zip(clusters.chunks_mut(PROMPTS_PER_CHUNK))
+                .collect();
+            map_chunks_mut(&mut pieces, 1, threads, |ci, piece| {
+                let ((o, w), cl) = &mut piece[0];
+                let q0 = ci * PROMPTS_PER_CHUNK;
+                let mut mass = vec![0.0f64; n_cells];
+                pass2.run(q0, o, &mut mass);
+                write_cells(&cell[q0..q0 + w.len()], &cell_w, &cell_cluster, w, cl);
+                mass
+            })
         };
-        let masses = map_chunks_mut2(out, &mut weights, PROMPTS_PER_CHUNK, g, threads, |ci, o, w| {
-            let mut mass = vec![0.0f64; n_cells];
-            pass2.run(ci * PROMPTS_PER_CHUNK, o, w, &mut mass);
-            mass
-        });
+        self.scratch = scratch;
         let mut grad_mass = vec![0.0f64; n_cells];
         for m in &masses {
             for (a, b) in grad_mass.iter_mut().zip(m) {
@@ -516,9 +637,9 @@ impl FairAdvantage {
                 Some(t) if !by_source[s].is_empty() => {
                     let (a, b): (Vec<i64>, Vec<i64>) = by_source[s]
                         .iter()
-                        .map(|&i| unl[i].0 as usize)
-                        .filter(|&q| t[q] >= 0)
-                        .map(|q| (clusters[q], t[q] as i64))
+                        .map(|&i| (unl_cluster[i] as i64, unl[i].0 as usize))
+                        .filter(|&(_, q)| t[q] >= 0)
+                        .map(|(c, q)| (c, t[q] as i64))
                         .unzip();
                     if a.is_empty() {
                         (None, None)
@@ -547,7 +668,7 @@ impl FairAdvantage {
                 true_nmi,
             });
         }
-        let report = Report {
+        Ok(Report {
             step: self.step,
             n_prompts: p,
             group_size: g,
@@ -555,8 +676,15 @@ impl FairAdvantage {
             renorm_std: std_a,
             sources: sources_out,
             groups: groups_out,
-        };
-        Ok(StepOutput { weights, clusters, report })
+        })
+    }
+}
+
+/// Per prompt of a chunk: the weight and the cluster (-1 for a labelled group) of its cell.
+fn write_cells(cells: &[u32], cell_w: &[f64], cell_cluster: &[i64], w: &mut [f64], cl: &mut [i64]) {
+    for ((&c, w), cl) in cells.iter().zip(w).zip(cl) {
+        *w = cell_w[c as usize];
+        *cl = cell_cluster[c as usize];
     }
 }
 
@@ -593,6 +721,24 @@ struct Pass1 {
     unl: Vec<(u32, Acc)>,
     /// First infinite reward.
     bad: Option<usize>,
+}
+
+impl Pass1 {
+    /// Adds prompt q's sums to its source and to its cell (or the list of unlabelled
+    /// prompts, `gid` < 0); returns the cell (`u32::MAX` until the clustering).
+    #[inline(always)]
+    fn add(&mut self, q: usize, sid: i32, gid: i32, ng: usize, a: Acc) -> u32 {
+        let s = sid as usize;
+        self.src[s].add(&a);
+        if gid >= 0 {
+            let c = s * ng + gid as usize;
+            self.cell[c].add(&a);
+            c as u32
+        } else {
+            self.unl.push((q as u32, a));
+            u32::MAX
+        }
+    }
 }
 
 /// Scales `raw` weights so that their count-weighted mean is 1 with none above `cap`

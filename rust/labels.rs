@@ -117,6 +117,22 @@ impl LabelMap {
 
     /// Dense ids of a batch of labels (-1 = unknown). `n` is the expected count.
     pub fn map(&mut self, labels: Labels<'_>, n: usize, arg: &'static str) -> Result<Vec<i32>> {
+        let mut out = Vec::new();
+        self.map_into(labels, n, arg, 1, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`LabelMap::map`] into `out` (resized to `n`), on up to `threads` threads. Integer
+    /// labels that are all known already (the common case after the first step) are looked
+    /// up in parallel; otherwise new labels get ids in order of first appearance.
+    pub fn map_into(
+        &mut self,
+        labels: Labels<'_>,
+        n: usize,
+        arg: &'static str,
+        threads: usize,
+        out: &mut Vec<i32>,
+    ) -> Result<()> {
         if let Some(len) = labels.len() {
             if len != n {
                 return Err(CoreError::shape(
@@ -125,42 +141,73 @@ impl LabelMap {
                 ));
             }
         }
-        let out = match labels {
-            Labels::Absent => vec![-1; n],
+        out.resize(n, -1);
+        match labels {
+            Labels::Absent => out.fill(-1),
             Labels::Ints(v) => {
-                let mut out = Vec::with_capacity(n);
-                let mut last = (i64::MIN, 0i32);
-                for &i in v {
-                    if i == -1 {
-                        out.push(-1);
-                    } else if i < -1 {
-                        return Err(CoreError::value(
-                            arg,
-                            format!("integer label {i} is negative; use -1 (or None) for unknown"),
-                        ));
-                    } else if i == last.0 {
-                        out.push(last.1);
-                    } else {
-                        let id = self.id_of_int(i) as i32;
-                        last = (i, id);
-                        out.push(id);
-                    }
+                if !self.lookup_known(v, out, threads) {
+                    self.map_ints(v, out, arg)?;
                 }
-                out
             }
-            Labels::Keys(v) => v
-                .iter()
-                .map(|k| match k {
-                    None | Some(Key::Int(-1)) => Ok(-1),
-                    Some(Key::Int(i)) if *i < -1 => Err(CoreError::value(
-                        arg,
-                        format!("integer label {i} is negative; use -1 (or None) for unknown"),
-                    )),
-                    Some(k) => Ok(self.id_of(k) as i32),
-                })
-                .collect::<Result<Vec<i32>>>()?,
-        };
-        Ok(out)
+            Labels::Keys(v) => {
+                for (o, k) in out.iter_mut().zip(v) {
+                    *o = match k {
+                        None | Some(Key::Int(-1)) => -1,
+                        Some(Key::Int(i)) if *i < -1 => {
+                            return Err(CoreError::value(
+                                arg,
+                                format!("integer label {i} is negative; use -1 (or None) for unknown"),
+                            ))
+                        }
+                        Some(k) => self.id_of(k) as i32,
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ids of integer labels, inserting new ones in order of first appearance.
+    fn map_ints(&mut self, v: &[i64], out: &mut [i32], arg: &'static str) -> Result<()> {
+        let mut last = (i64::MIN, 0i32);
+        for (o, &i) in out.iter_mut().zip(v) {
+            *o = if i == -1 {
+                -1
+            } else if i < -1 {
+                return Err(CoreError::value(
+                    arg,
+                    format!("integer label {i} is negative; use -1 (or None) for unknown"),
+                ));
+            } else if i == last.0 {
+                last.1
+            } else {
+                let id = self.id_of_int(i) as i32;
+                last = (i, id);
+                id
+            };
+        }
+        Ok(())
+    }
+
+    /// Ids of integer labels through the small-integer table only, in parallel chunks;
+    /// false (with `out` partly written) when some label is not there (new, negative or
+    /// large): the caller then takes the sequential path.
+    fn lookup_known(&self, v: &[i64], out: &mut [i32], threads: usize) -> bool {
+        const C: usize = 1 << 16;
+        let small = &self.small;
+        let ok = crate::pool::map_chunks_mut(out, C, threads, |c, o| {
+            crate::pool::simd(|| {
+                let mut ok = true;
+                for (o, &i) in o.iter_mut().zip(&v[c * C..]) {
+                    let id = small.get(i as usize).copied().unwrap_or(u32::MAX);
+                    let unknown = i == -1;
+                    ok &= unknown | (id != u32::MAX);
+                    *o = if unknown { -1 } else { id as i32 };
+                }
+                ok
+            })
+        });
+        ok.iter().all(|&b| b)
     }
 
     pub fn name(&self, id: u32) -> String {
@@ -192,6 +239,32 @@ mod tests {
         back.rebuild().unwrap();
         assert_eq!(back.map(Labels::Ints(&[70_000, 5]), 2, "g").unwrap(), vec![2, 0]);
         assert_eq!(back.name(3), "f");
+    }
+
+    #[test]
+    fn parallel_lookup_equals_the_sequential_mapping() {
+        let v: Vec<i64> = (0..300_000).map(|i| [7, -1, 3, 70_000, 0][(i * 7919) % 5]).collect();
+        let mut a = LabelMap::default();
+        let first = a.map(Labels::Ints(&v), v.len(), "g").unwrap();
+        assert_eq!(&first[..5], &[0, 1, 2, 3, -1]);
+        // all known now: the parallel lookup (70_000 is outside the small table: fallback)
+        let mut b = a.clone();
+        let mut out = Vec::new();
+        b.map_into(Labels::Ints(&v), v.len(), "g", 2, &mut out).unwrap();
+        assert_eq!(out, first);
+        let small: Vec<i64> = v.iter().map(|&i| i.min(7)).collect();
+        let mut out2 = vec![9; 3];
+        b.map_into(Labels::Ints(&small), small.len(), "g", 2, &mut out2).unwrap();
+        assert_eq!(out2, a.map(Labels::Ints(&small), small.len(), "g").unwrap());
+        // a new label in a later chunk: sequential ids in order of first appearance
+        let mut w = small.clone();
+        w[250_000] = 11;
+        w[260_000] = 12;
+        let got = b.clone().map(Labels::Ints(&w), w.len(), "g").unwrap();
+        b.map_into(Labels::Ints(&w), w.len(), "g", 2, &mut out2).unwrap();
+        assert_eq!(out2, got);
+        assert_eq!((got[250_000], got[260_000]), (4, 5));
+        assert!(b.map_into(Labels::Ints(&[0, -3]), 2, "g", 2, &mut out2).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod pool;
 pub mod real;
 pub mod rng;
 pub mod select_k;
+pub mod tiles;
 
 #[cfg(feature = "python")]
 mod python;

@@ -11,10 +11,18 @@ pub trait Real: Copy + Send + Sync + PartialOrd + Default + std::fmt::Debug + 's
     fn sub(self, o: Self) -> Self;
     fn mul(self, o: Self) -> Self;
     fn add(self, o: Self) -> Self;
+    /// The slice as f32 when `Self` is f32 (for the f32-only kernels), else None.
+    fn as_f32(_x: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    /// [`Real::as_f32`] for a mutable slice.
+    fn as_f32_mut(_x: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
 }
 
 macro_rules! impl_real {
-    ($t:ty) => {
+    ($t:ty $(, $extra:item)*) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const MAX: Self = <$t>::MAX;
@@ -46,10 +54,21 @@ macro_rules! impl_real {
             fn add(self, o: Self) -> Self {
                 self + o
             }
+            $($extra)*
         }
     };
 }
-impl_real!(f32);
+impl_real!(
+    f32,
+    #[inline(always)]
+    fn as_f32(x: &[f32]) -> Option<&[f32]> {
+        Some(x)
+    },
+    #[inline(always)]
+    fn as_f32_mut(x: &mut [f32]) -> Option<&mut [f32]> {
+        Some(x)
+    }
+);
 impl_real!(f64);
 
 /// Index of the first non-finite element, if any. The common all-finite case is one

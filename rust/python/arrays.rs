@@ -13,6 +13,16 @@ pub enum Floats1<'py> {
     F64(PyReadonlyArray1<'py, f64>),
 }
 
+impl Floats1<'_> {
+    pub fn len(&self) -> usize {
+        use numpy::PyUntypedArrayMethods;
+        match self {
+            Floats1::F32(a) => a.len(),
+            Floats1::F64(a) => a.len(),
+        }
+    }
+}
+
 /// A 2-D float array of either precision.
 #[derive(FromPyObject)]
 pub enum Floats2<'py> {
@@ -85,7 +95,7 @@ where
     R: Send,
     F: FnOnce(&mut [T]) -> crate::Result<R> + Send,
 {
-    use numpy::{IntoPyArray, PyReadwriteArray1};
+    use numpy::{PyArrayMethods, PyReadwriteArray1};
     match out {
         Some(o) if !o.is_none() => {
             let mut rw: PyReadwriteArray1<'py, T> = o.extract().map_err(|e| {
@@ -108,9 +118,20 @@ where
             Ok((o.clone(), r))
         }
         _ => {
-            let mut v = vec![T::ZERO; n];
-            let r = super::errors::detach(py, || f(&mut v))?;
-            Ok((v.into_pyarray(py).into_any(), r))
+            let a = zeros::<T>(py, n);
+            let mut rw = a.readwrite();
+            let s = rw.as_slice_mut().expect("a new array is contiguous");
+            let r = super::errors::detach(py, || f(s))?;
+            drop(rw);
+            Ok((a.into_any(), r))
         }
     }
+}
+
+/// A new zero-filled 1-D array. numpy's allocator asks for transparent huge pages on large
+/// arrays (a Rust `Vec` does not get them here), which makes first-touch page faults far
+/// cheaper; for large sizes the zeros come lazily from the kernel, so this is no slower than
+/// an uninitialised array.
+pub fn zeros<T: numpy::Element>(py: Python<'_>, n: usize) -> Bound<'_, numpy::PyArray1<T>> {
+    numpy::PyArray1::<T>::zeros(py, n, false)
 }

@@ -1,13 +1,13 @@
 //! `FairCore`: the stateful FairGRPO advantage computation. The public, documented
 //! `fairgrpo.FairAdvantage` wraps it (options by keyword, stats as a dict).
 
-use super::arrays::{contiguous, labels_arg, with_out, Floats1, LabelsArg};
+use super::arrays::{contiguous, labels_arg, with_out, zeros, Floats1, LabelsArg};
 use crate::config::FairConfig;
 use crate::error::CoreError;
-use crate::fair::{FairAdvantage, StepOutput};
+use crate::fair::FairAdvantage;
 use crate::labels::Labels;
 use crate::real::Real;
-use numpy::IntoPyArray;
+use numpy::PyArrayMethods;
 use pyo3::prelude::*;
 
 /// `(advantages, weights, clusters, report_json)` of one step.
@@ -78,28 +78,43 @@ impl FairCore {
         let (ls, lg, lt) =
             (as_labels(&s, "sources")?, as_labels(&g, "groups")?, as_labels(&t, "true_groups")?);
         let inner = &mut self.inner;
+        // weights and clusters as numpy arrays (huge pages), filled with the GIL released;
+        // a bad shape gives no prompts here and the step reports the error
+        let p = match rewards.len() {
+            n if group_size > 0 && n % group_size == 0 => n / group_size,
+            _ => 0,
+        };
+        let weights = zeros::<f64>(py, p);
+        let clusters = zeros::<i64>(py, p);
+        let (mut w_rw, mut c_rw) = (weights.readwrite(), clusters.readwrite());
+        let (w, c) = (
+            w_rw.as_slice_mut().expect("a new array is contiguous"),
+            c_rw.as_slice_mut().expect("a new array is contiguous"),
+        );
+        #[allow(clippy::too_many_arguments)]
         fn run<T: Real>(
             fa: &mut FairAdvantage,
             r: &[T],
             gs: usize,
             labels: (Labels<'_>, Labels<'_>, Labels<'_>),
             out: &mut [T],
-        ) -> crate::Result<(StepOutput, String)> {
-            let o = fa.step(r, gs, labels.0, labels.1, labels.2, out)?;
-            let json = serde_json::to_string(&o.report).map_err(|e| CoreError::State(e.to_string()))?;
-            Ok((o, json))
+            w: &mut [f64],
+            c: &mut [i64],
+        ) -> crate::Result<String> {
+            let report = fa.step_into(r, gs, labels.0, labels.1, labels.2, out, w, c)?;
+            serde_json::to_string(&report).map_err(|e| CoreError::State(e.to_string()))
         }
-        let (adv, (o, json)) = match &rewards {
+        let (adv, json) = match &rewards {
             Floats1::F32(a) => {
                 let r = contiguous(a, "rewards")?;
-                with_out(py, out, r.len(), |buf| run(inner, r, group_size, (ls, lg, lt), buf))?
+                with_out(py, out, r.len(), |buf| run(inner, r, group_size, (ls, lg, lt), buf, w, c))?
             }
             Floats1::F64(a) => {
                 let r = contiguous(a, "rewards")?;
-                with_out(py, out, r.len(), |buf| run(inner, r, group_size, (ls, lg, lt), buf))?
+                with_out(py, out, r.len(), |buf| run(inner, r, group_size, (ls, lg, lt), buf, w, c))?
             }
         };
-        let w = o.weights.into_pyarray(py).into_any();
-        Ok((adv, w, o.clusters.into_pyarray(py).into_any(), json))
+        drop((w_rw, c_rw));
+        Ok((adv, weights.into_any(), clusters.into_any(), json))
     }
 }

@@ -1,0 +1,621 @@
+//! GRPO scores of f32 rewards with AVX-512, 16 prompts at a time (one lane per prompt).
+//!
+//! A tile of 16 prompts x G rollouts is transposed so that vector i holds rollout i of the
+//! 16 prompts, then widened to two vectors of 8 f64 lanes. Every lane performs exactly the
+//! f64 operations of [`crate::advantages::moments`], [`crate::advantages::inv_scale`],
+//! [`crate::advantages::score`] and [`crate::blocks::write_prompt_scores`], in the same
+//! order, with separate multiplies and adds (no FMA), and rounds to f32 where they do, so
+//! the results are bitwise those of the scalar code. The f32 results go back to the
+//! prompt-major layout through the same transpose and one masked store per prompt.
+//!
+//! The kernels exist for the group sizes in [`SIZES`] on CPUs with AVX-512F ([`supports`]);
+//! callers use the portable code otherwise.
+
+use crate::advantages::{inv_scale, Moments, Scale};
+
+/// Prompts per tile.
+pub const TILE: usize = 16;
+
+/// Group sizes with a kernel.
+pub const SIZES: [usize; 10] = [2, 3, 4, 5, 6, 7, 8, 10, 12, 16];
+
+/// Whether the kernels run for group size `g` on this CPU.
+pub fn supports(g: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        SIZES.contains(&g) && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = g;
+        false
+    }
+}
+
+/// How a prompt's inverse scale is obtained.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreParams {
+    /// The inverse scale when it is the same for every prompt (`"batch"`, `"none"`, G = 1).
+    inv: Option<f64>,
+    eps: f64,
+}
+
+impl ScoreParams {
+    pub fn new(scale: Scale, batch_std: f64, eps: f64, g: usize) -> Self {
+        let per_prompt = scale == Scale::Group && g != 1;
+        let inv = (!per_prompt).then(|| inv_scale(&Moments::default(), scale, batch_std, eps, g));
+        ScoreParams { inv, eps }
+    }
+}
+
+/// Per-prompt sums of one tile (pass 1 of a FairAdvantage step); lanes past the tile's
+/// prompt count are meaningless.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TileSums {
+    /// Sum and count of the scorable rewards (as [`Moments`]).
+    pub sum: [f64; TILE],
+    pub cnt: [f64; TILE],
+    /// Sum of the scores and of their squares, each score rounded to f32, in rollout order.
+    pub ssum: [f64; TILE],
+    pub ssq: [f64; TILE],
+}
+
+/// The weighting of pass 2 of a FairAdvantage step (see [`crate::blocks::write_prompt_scores`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CellWeights<'a> {
+    /// Per prompt of the chunk: its cell.
+    pub cells: &'a [u32],
+    /// Per cell: what multiplies the score.
+    pub mult: &'a [f64],
+    pub shift: f64,
+    pub scale: f64,
+}
+
+macro_rules! by_size {
+    ($g:expr, $f:ident :: <G> ($($arg:expr),*)) => {
+        match $g {
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            8 => $f::<8>($($arg),*),
+            10 => $f::<10>($($arg),*),
+            12 => $f::<12>($($arg),*),
+            16 => $f::<16>($($arg),*),
+            g => panic!("no tiled kernel for group size {g}"),
+        }
+    };
+}
+
+/// GRPO scores of the prompts of `r` (G = `g` rewards each) into `out`; returns the index
+/// in `r` of the first infinite reward, if any.
+///
+/// # Panics
+/// If `supports(g)` is false, or the lengths do not match.
+pub fn scores(r: &[f32], g: usize, p: &ScoreParams, out: &mut [f32]) -> Option<usize> {
+    assert!(supports(g) && r.len() == out.len() && r.len().is_multiple_of(g));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `supports` checked AVX-512F; the lengths are checked above.
+    unsafe {
+        by_size!(g, scores_k::<G>(r, p, out))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!()
+}
+
+/// Pass 1: moments and score sums of the prompts of `r`, handed to `f` one tile at a time
+/// as `f(first prompt, prompts in the tile, sums)`; returns the index in `r` of the first
+/// infinite reward, if any.
+///
+/// # Panics
+/// If `supports(g)` is false, or `r.len()` is not a multiple of `g`.
+pub fn sums(
+    r: &[f32],
+    g: usize,
+    p: &ScoreParams,
+    f: &mut dyn FnMut(usize, usize, &TileSums),
+) -> Option<usize> {
+    assert!(supports(g) && r.len().is_multiple_of(g));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `supports` checked AVX-512F; the length is checked above.
+    unsafe {
+        by_size!(g, sums_k::<G>(r, p, f))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!()
+}
+
+/// Pass 2: the weighted, renormalised advantages of the prompts of `r` into `out`
+/// (exactly [`crate::blocks::write_prompt_scores`] per prompt, with the prompt's own mean
+/// and inverse scale recomputed from `r`); adds each prompt's |A| to `mass[cell]`, in
+/// prompt order. The rewards must be free of infinities (pass 1 checks).
+///
+/// # Panics
+/// If `supports(g)` is false, or the lengths do not match.
+pub fn weighted(
+    r: &[f32],
+    g: usize,
+    p: &ScoreParams,
+    w: &CellWeights<'_>,
+    out: &mut [f32],
+    mass: &mut [f64],
+) {
+    assert!(supports(g) && r.len() == out.len() && r.len() == w.cells.len() * g);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `supports` checked AVX-512F; the lengths are checked above.
+    unsafe {
+        by_size!(g, weighted_k::<G>(r, p, w, out, mass))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!()
+}
+
+#[cfg(target_arch = "x86_64")]
+use imp::{scores_k, sums_k, weighted_k};
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use super::{CellWeights, ScoreParams, TileSums, TILE};
+    use crate::kernels::avx512::transpose;
+    use std::arch::x86_64::*;
+
+    /// Tiles per batch. Each phase below runs over the batch's tiles, whose dependency
+    /// chains (a sum, a division, a sum of squares, a square root, a division) are
+    /// independent: the CPU overlaps them instead of waiting on one tile at a time.
+    const BATCH: usize = 8;
+
+    /// 16 x 16 f32, cache-line aligned: a tile's rewards (padded) or its results.
+    #[repr(C, align(64))]
+    struct Buf([f32; TILE * TILE]);
+
+    impl Buf {
+        fn new() -> Self {
+            Buf([0.0; TILE * TILE])
+        }
+    }
+
+    /// A batch of tiles. Tile b: `x[b][i][h]` holds rollout i of its prompts 8h..8h+8
+    /// (f64), `ok[b][i]` marks the scorable (non-NaN) ones; then per lane the sum and
+    /// count of the scorable rewards, their mean and the inverse scale.
+    struct Batch<const G: usize> {
+        x: [[[__m512d; 2]; G]; BATCH],
+        ok: [[__mmask16; G]; BATCH],
+        sum: [[__m512d; 2]; BATCH],
+        cnt: [[__m512d; 2]; BATCH],
+        mean: [[__m512d; 2]; BATCH],
+        inv: [[__m512d; 2]; BATCH],
+        /// No NaN reward and a finite inverse scale in the tile: no score can be NaN, so
+        /// the NaN -> 0 steps may be skipped.
+        clean: [bool; BATCH],
+        pad: Buf,
+    }
+
+    #[inline(always)]
+    fn half(m: __mmask16, h: usize) -> __mmask8 {
+        (m >> (8 * h)) as __mmask8
+    }
+
+    impl<const G: usize> Batch<G> {
+        #[inline(always)]
+        unsafe fn new() -> Self {
+            let z = _mm512_setzero_pd();
+            Batch {
+                x: [[[z; 2]; G]; BATCH],
+                ok: [[0; G]; BATCH],
+                sum: [[z; 2]; BATCH],
+                cnt: [[z; 2]; BATCH],
+                mean: [[z; 2]; BATCH],
+                inv: [[z; 2]; BATCH],
+                clean: [false; BATCH],
+                pad: Buf::new(),
+            }
+        }
+
+        /// Loads `n <= 16` prompts at `r` into tile b (padded with zeros) and computes
+        /// their sum, count and mean as [`crate::advantages::moments`]; returns whether
+        /// some reward is infinite (f32 sums cannot overflow in f64, so exactly when some
+        /// sum is not finite).
+        #[inline(always)]
+        unsafe fn load(&mut self, b: usize, r: &[f32], n: usize) -> bool {
+            let src = if n == TILE {
+                r.as_ptr()
+            } else {
+                self.pad.0[..n * G].copy_from_slice(&r[..n * G]);
+                self.pad.0[n * G..TILE * G].fill(0.0);
+                self.pad.0.as_ptr()
+            };
+            let mut rows = [_mm512_setzero_ps(); TILE];
+            let mut xt = [_mm512_setzero_ps(); G];
+            transpose::<G>(src, &mut rows, &mut xt);
+            let (zero, one) = (_mm512_setzero_pd(), _mm512_set1_pd(1.0));
+            let mut all: __mmask16 = 0xffff;
+            let mut sum = [zero; 2];
+            for (i, &v) in xt.iter().enumerate() {
+                let ok = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v);
+                all &= ok;
+                let x = [
+                    _mm512_cvtps_pd(_mm512_castps512_ps256(v)),
+                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))),
+                ];
+                for h in 0..2 {
+                    // `sum += ok ? v : 0` (a sum that starts at +0 never becomes -0, so
+                    // skipping the +0 leaves the same bits)
+                    sum[h] = _mm512_mask_add_pd(sum[h], half(ok, h), sum[h], x[h]);
+                }
+                self.x[b][i] = x;
+                self.ok[b][i] = ok;
+            }
+            self.clean[b] = all == 0xffff;
+            let cnt = if self.clean[b] {
+                [_mm512_set1_pd(G as f64); 2]
+            } else {
+                let mut cnt = [zero; 2];
+                for ok in &self.ok[b] {
+                    for (h, c) in cnt.iter_mut().enumerate() {
+                        *c = _mm512_mask_add_pd(*c, half(*ok, h), *c, one);
+                    }
+                }
+                cnt
+            };
+            let nan = _mm512_set1_pd(f64::NAN);
+            let inf = _mm512_set1_pd(f64::INFINITY);
+            let mut finite = 0u16;
+            for h in 0..2 {
+                let has = _mm512_cmp_pd_mask::<_CMP_GT_OQ>(cnt[h], zero);
+                self.mean[b][h] = _mm512_mask_mov_pd(nan, has, _mm512_div_pd(sum[h], cnt[h]));
+                finite |= (_mm512_cmp_pd_mask::<_CMP_LT_OQ>(_mm512_abs_pd(sum[h]), inf) as u16) << (8 * h);
+            }
+            self.sum[b] = sum;
+            self.cnt[b] = cnt;
+            finite != 0xffff
+        }
+
+        /// The inverse scale of tile b, as [`crate::advantages::inv_scale`].
+        #[inline(always)]
+        unsafe fn scale(&mut self, b: usize, p: &ScoreParams) {
+            let Some(c) = p.inv else {
+                let one = _mm512_set1_pd(1.0);
+                let nan = _mm512_set1_pd(f64::NAN);
+                for h in 0..2 {
+                    let mean = self.mean[b][h];
+                    let mut ss = _mm512_setzero_pd();
+                    for i in 0..G {
+                        let e = _mm512_sub_pd(self.x[b][i][h], mean);
+                        // `ss += nan ? 0 : e * e`, as the sum above
+                        ss = _mm512_mask_add_pd(ss, half(self.ok[b][i], h), ss, _mm512_mul_pd(e, e));
+                    }
+                    let cnt = self.cnt[b][h];
+                    let two = _mm512_cmp_pd_mask::<_CMP_GT_OQ>(cnt, one);
+                    let std = _mm512_mask_mov_pd(
+                        nan,
+                        two,
+                        _mm512_sqrt_pd(_mm512_div_pd(ss, _mm512_sub_pd(cnt, one))),
+                    );
+                    self.inv[b][h] = _mm512_div_pd(one, _mm512_add_pd(std, _mm512_set1_pd(p.eps)));
+                }
+                let inf = _mm512_set1_pd(f64::INFINITY);
+                for h in 0..2 {
+                    let fin = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(_mm512_abs_pd(self.inv[b][h]), inf);
+                    self.clean[b] &= fin == 0xff;
+                }
+                return;
+            };
+            self.inv[b] = [_mm512_set1_pd(c); 2];
+            self.clean[b] &= c.is_finite();
+        }
+
+        /// The score of rollout i of tile b in half h, NaN -> 0, rounded to f32: as f32
+        /// and back as f64. `CLEAN`: the tile is clean (no NaN to map).
+        #[inline(always)]
+        unsafe fn score<const CLEAN: bool>(&self, b: usize, i: usize, h: usize) -> (__m256, __m512d) {
+            let a = _mm512_mul_pd(_mm512_sub_pd(self.x[b][i][h], self.mean[b][h]), self.inv[b][h]);
+            let a = if CLEAN { a } else { _mm512_maskz_mov_pd(_mm512_cmp_pd_mask::<_CMP_ORD_Q>(a, a), a) };
+            let a32 = _mm512_cvtpd_ps(a);
+            (a32, _mm512_cvtps_pd(a32))
+        }
+    }
+
+    /// Runs the phases over `r` a batch at a time: `each(batch, tile, first prompt,
+    /// prompts in the tile)` once per tile, in order, after its statistics. Returns the
+    /// index in `r` of the first infinite reward.
+    #[inline(always)]
+    unsafe fn run<const G: usize>(
+        r: &[f32],
+        p: &ScoreParams,
+        mut each: impl FnMut(&Batch<G>, usize, usize, usize),
+    ) -> Option<usize> {
+        let np = r.len() / G;
+        let mut bt = Batch::<G>::new();
+        let mut bad = None;
+        for q0 in (0..np).step_by(TILE * BATCH) {
+            let nt = (np - q0).div_ceil(TILE).min(BATCH);
+            let tile = |b: usize| {
+                let q = q0 + b * TILE;
+                (q, TILE.min(np - q))
+            };
+            let mut inf = false;
+            for b in 0..nt {
+                let (q, n) = tile(b);
+                inf |= bt.load(b, &r[q * G..(q + n) * G], n);
+            }
+            if inf && bad.is_none() {
+                let end = (q0 + TILE * BATCH).min(np);
+                bad = r[q0 * G..end * G].iter().position(|v| v.is_infinite()).map(|i| q0 * G + i);
+            }
+            for b in 0..nt {
+                bt.scale(b, p);
+            }
+            for b in 0..nt {
+                let (q, n) = tile(b);
+                each(&bt, b, q, n);
+            }
+        }
+        bad
+    }
+
+    /// Row i of `buf` = the two f32 halves.
+    #[inline(always)]
+    unsafe fn put(buf: &mut Buf, i: usize, lo: __m256, hi: __m256) {
+        let v = _mm512_insertf64x4::<1>(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi));
+        _mm512_store_ps(buf.0.as_mut_ptr().add(i * TILE), _mm512_castpd_ps(v));
+    }
+
+    /// Writes the first G values of column l of `buf` (rows = rollouts) to prompt l of
+    /// `out`, for the first `n` prompts.
+    #[inline(always)]
+    unsafe fn store<const G: usize>(buf: &Buf, out: &mut [f32], n: usize) {
+        assert!(out.len() >= n * G);
+        let mut rows = [_mm512_setzero_ps(); TILE];
+        let mut cols = [_mm512_setzero_ps(); TILE];
+        transpose::<TILE>(buf.0.as_ptr(), &mut rows, &mut cols);
+        let mask = ((1u32 << G) - 1) as __mmask16;
+        let o = out.as_mut_ptr();
+        for (l, c) in cols.iter().enumerate().take(n) {
+            _mm512_mask_storeu_ps(o.add(l * G), mask, *c);
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scores_k<const G: usize>(
+        r: &[f32],
+        p: &ScoreParams,
+        out: &mut [f32],
+    ) -> Option<usize> {
+        #[inline(always)]
+        unsafe fn tile<const G: usize, const CLEAN: bool>(bt: &Batch<G>, b: usize, buf: &mut Buf) {
+            for i in 0..G {
+                put(buf, i, bt.score::<CLEAN>(b, i, 0).0, bt.score::<CLEAN>(b, i, 1).0);
+            }
+        }
+        let mut buf = Buf::new();
+        run::<G>(r, p, |bt, b, q, n| {
+            if bt.clean[b] {
+                tile::<G, true>(bt, b, &mut buf);
+            } else {
+                tile::<G, false>(bt, b, &mut buf);
+            }
+            store::<G>(&buf, &mut out[q * G..(q + n) * G], n);
+        })
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn sums_k<const G: usize>(
+        r: &[f32],
+        p: &ScoreParams,
+        f: &mut dyn FnMut(usize, usize, &TileSums),
+    ) -> Option<usize> {
+        #[inline(always)]
+        unsafe fn tile<const G: usize, const CLEAN: bool>(bt: &Batch<G>, b: usize, ts: &mut TileSums) {
+            for h in 0..2 {
+                let (mut ssum, mut ssq) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+                for i in 0..G {
+                    let v = bt.score::<CLEAN>(b, i, h).1;
+                    ssum = _mm512_add_pd(ssum, v);
+                    ssq = _mm512_add_pd(ssq, _mm512_mul_pd(v, v));
+                }
+                _mm512_storeu_pd(ts.sum.as_mut_ptr().add(8 * h), bt.sum[b][h]);
+                _mm512_storeu_pd(ts.cnt.as_mut_ptr().add(8 * h), bt.cnt[b][h]);
+                _mm512_storeu_pd(ts.ssum.as_mut_ptr().add(8 * h), ssum);
+                _mm512_storeu_pd(ts.ssq.as_mut_ptr().add(8 * h), ssq);
+            }
+        }
+        let mut ts = TileSums::default();
+        run::<G>(r, p, |bt, b, q, n| {
+            if bt.clean[b] {
+                tile::<G, true>(bt, b, &mut ts);
+            } else {
+                tile::<G, false>(bt, b, &mut ts);
+            }
+            f(q, n, &ts);
+        })
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weighted_k<const G: usize>(
+        r: &[f32],
+        p: &ScoreParams,
+        w: &CellWeights<'_>,
+        out: &mut [f32],
+        mass: &mut [f64],
+    ) {
+        /// The tile's advantages into `buf`, its prompts' |A| sums into `lane_mass`.
+        #[inline(always)]
+        unsafe fn tile<const G: usize, const CLEAN: bool>(
+            bt: &Batch<G>,
+            b: usize,
+            mult: &[f64; TILE],
+            shift: f64,
+            scale: f64,
+            buf: &mut Buf,
+            lane_mass: &mut [f64; TILE],
+        ) {
+            let inf = _mm512_set1_pd(f64::INFINITY);
+            let (shift, scale) = (_mm512_set1_pd(shift), _mm512_set1_pd(scale));
+            let mut res = [[_mm256_setzero_ps(); 2]; G];
+            for h in 0..2 {
+                let m = _mm512_loadu_pd(mult.as_ptr().add(8 * h));
+                let mut part = [_mm512_setzero_pd(); 4];
+                for (i, row) in res.iter_mut().enumerate() {
+                    let sc = bt.score::<CLEAN>(b, i, h).1;
+                    let a = _mm512_mul_pd(sc, m);
+                    let finite = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(_mm512_abs_pd(a), inf);
+                    let a = _mm512_mask_mov_pd(sc, finite, a);
+                    let a = _mm512_mul_pd(_mm512_sub_pd(a, shift), scale);
+                    // a NaN reward gets 0
+                    let a = if CLEAN { a } else { _mm512_maskz_mov_pd(half(bt.ok[b][i], h), a) };
+                    let a32 = _mm512_cvtpd_ps(a);
+                    part[i & 3] = _mm512_add_pd(part[i & 3], _mm512_abs_pd(_mm512_cvtps_pd(a32)));
+                    row[h] = a32;
+                }
+                let tot = _mm512_add_pd(_mm512_add_pd(part[0], part[1]), _mm512_add_pd(part[2], part[3]));
+                _mm512_storeu_pd(lane_mass.as_mut_ptr().add(8 * h), tot);
+            }
+            for (i, v) in res.iter().enumerate() {
+                put(buf, i, v[0], v[1]);
+            }
+        }
+        let mut buf = Buf::new();
+        let mut mult = [1.0f64; TILE];
+        let mut lane_mass = [0.0f64; TILE];
+        run::<G>(r, p, |bt, b, q, n| {
+            let cells = &w.cells[q..q + n];
+            for (m, &c) in mult.iter_mut().zip(cells) {
+                *m = w.mult[c as usize];
+            }
+            if bt.clean[b] {
+                tile::<G, true>(bt, b, &mult, w.shift, w.scale, &mut buf, &mut lane_mass);
+            } else {
+                tile::<G, false>(bt, b, &mult, w.shift, w.scale, &mut buf, &mut lane_mass);
+            }
+            store::<G>(&buf, &mut out[q * G..(q + n) * G], n);
+            for (&c, &m) in cells.iter().zip(&lane_mass) {
+                mass[c as usize] += m;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::advantages::{moments, score};
+    use crate::blocks::write_prompt_scores;
+    use crate::real::Real;
+
+    fn rewards(n: usize, seed: u64, nan_rate: f64) -> Vec<f32> {
+        let mut rng = crate::rng::SplitMix64::new(seed);
+        (0..n)
+            .map(|_| {
+                let u = rng.uniform();
+                if u < nan_rate {
+                    f32::NAN
+                } else if u < 0.6 {
+                    (u * 3.0).floor() as f32 / 2.0
+                } else {
+                    (u * 7.3 - 2.0) as f32
+                }
+            })
+            .collect()
+    }
+
+    /// Every supported G, several prompt counts (partial tiles, fewer than 16 prompts),
+    /// every scale, tiles with and without NaN, eps 0 with constant prompts (infinite
+    /// inverse scale): the tiles give the scalar code's bits.
+    #[test]
+    fn tiles_equal_the_scalar_code_bitwise() {
+        if !supports(10) {
+            return;
+        }
+        let scales = [(Scale::Group, 0.4), (Scale::Batch, 0.4), (Scale::None, 0.0), (Scale::Group, 0.0)];
+        for (k, &g) in SIZES.iter().enumerate() {
+            for (np, nan_rate) in
+                [(1usize, 0.1), (5, 0.1), (16, 0.0), (17, 0.1), (40, 0.1), (40, 0.0), (300, 0.001)]
+            {
+                let mut r = rewards(np * g, 100 + k as u64, nan_rate);
+                if nan_rate > 0.0 {
+                    // an all-NaN prompt and a prompt with one scorable reward
+                    r[..g].fill(f32::NAN);
+                    if np > 1 {
+                        r[g..2 * g].fill(f32::NAN);
+                        r[g + 1] = 0.5;
+                    }
+                }
+                if np > 2 {
+                    // a constant prompt: std 0
+                    r[(np - 1) * g..].fill(1.0);
+                }
+                for (si, &(scale, bstd)) in scales.iter().enumerate() {
+                    let eps = if si == 3 { 0.0 } else { 1e-4 };
+                    let p = ScoreParams::new(scale, bstd, eps, g);
+                    let mut out = vec![f32::NAN; r.len()];
+                    assert_eq!(scores(&r, g, &p, &mut out), None);
+                    let mut want_sums = Vec::new();
+                    for (rq, oq) in r.chunks_exact(g).zip(out.chunks_exact(g)) {
+                        let m = moments(rq);
+                        let inv = inv_scale(&m, scale, bstd, eps, g);
+                        let (mut ssum, mut ssq) = (0.0f64, 0.0f64);
+                        for (v, o) in rq.iter().zip(oq) {
+                            let s = score(v.to_f64(), m.mean, inv) as f32;
+                            assert_eq!(o.to_bits(), s.to_bits(), "g {g} np {np} {scale:?}");
+                            ssum += s as f64;
+                            ssq += s as f64 * s as f64;
+                        }
+                        want_sums.push((m.sum, m.count as f64, ssum, ssq, m.mean, inv));
+                    }
+                    let mut seen = 0;
+                    sums(&r, g, &p, &mut |q, n, ts| {
+                        for l in 0..n {
+                            let w = want_sums[q + l];
+                            let got = (ts.sum[l], ts.cnt[l], ts.ssum[l], ts.ssq[l]);
+                            assert_eq!(got.0.to_bits(), w.0.to_bits());
+                            assert_eq!(got.1.to_bits(), w.1.to_bits());
+                            assert_eq!(got.2.to_bits(), w.2.to_bits());
+                            assert_eq!(got.3.to_bits(), w.3.to_bits());
+                        }
+                        seen += n;
+                    });
+                    assert_eq!(seen, np);
+                    // pass 2: three cells, one with a huge multiplier (non-finite products)
+                    let cells: Vec<u32> = (0..np as u32).map(|q| q % 3).collect();
+                    let mult = [0.7, 1.3, 1e308];
+                    let wt = CellWeights { cells: &cells, mult: &mult, shift: 0.01, scale: 1.7 };
+                    let mut mass = vec![0.0; 3];
+                    weighted(&r, g, &p, &wt, &mut out, &mut mass);
+                    let mut want_mass = [0.0f64; 3];
+                    let mut want = vec![0.0f32; g];
+                    for (q, rq) in r.chunks_exact(g).enumerate() {
+                        let (.., mean, inv) = want_sums[q];
+                        let c = cells[q] as usize;
+                        want_mass[c] += write_prompt_scores(rq, &mut want, mean, inv, mult[c], 0.01, 1.7);
+                        for (o, w) in out[q * g..(q + 1) * g].iter().zip(&want) {
+                            assert_eq!(o.to_bits(), w.to_bits());
+                        }
+                    }
+                    for (a, b) in mass.iter().zip(&want_mass) {
+                        assert_eq!(a.to_bits(), b.to_bits());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn first_infinite_reward_is_found() {
+        if !supports(4) {
+            return;
+        }
+        let mut r = rewards(4 * 37, 5, 0.1);
+        r[4 * 20 + 3] = f32::NEG_INFINITY;
+        r[4 * 35] = f32::INFINITY;
+        let p = ScoreParams::new(Scale::Group, 0.0, 1e-4, 4);
+        let mut out = vec![0.0; r.len()];
+        assert_eq!(scores(&r, 4, &p, &mut out), Some(83));
+        assert_eq!(sums(&r, 4, &p, &mut |_, _, _| {}), Some(83));
+        assert_eq!(scores(&r[4 * 32..], 4, &p, &mut out[4 * 32..]), Some(12));
+        // +inf and -inf in one prompt (its sum is NaN)
+        r[4 * 20 + 1] = f32::INFINITY;
+        assert_eq!(sums(&r, 4, &p, &mut |_, _, _| {}), Some(81));
+    }
+}
