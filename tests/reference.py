@@ -15,6 +15,8 @@ import numpy as np
 
 CHUNK = 4096  # rows per chunk of every chunked pass (rust/pool.rs)
 PROMPTS_PER_CHUNK = 2048
+LANES = 16  # rows per tile of the k-means kernels
+BLOCK_ROWS = 256  # rows per block of the Lloyd accumulation
 MASK64 = (1 << 64) - 1
 
 
@@ -194,16 +196,31 @@ def _assign(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def _chunked_cluster_sums(x: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-centre sums with the kernels' blocking (rust/kernels.rs): within a chunk, row i goes
+    to lane i % 16; within a block of 256 rows a lane sums its rows of a centre in x's dtype,
+    in row order, then the partial is widened and added to the lane's float64 sum; lanes are
+    combined in lane order, chunks in chunk order."""
     d = x.shape[1]
     sums = np.zeros((k, d))
     counts = np.zeros(k, dtype=np.int64)
     for c in range(0, len(x), CHUNK):
-        xs, ls = x[c : c + CHUNK].astype(np.float64), lab[c : c + CHUNK]
+        xs, ls = x[c : c + CHUNK], lab[c : c + CHUNK]
+        lane = np.zeros((k, LANES, d))
+        for b in range(0, len(xs), BLOCK_ROWS):
+            part = np.zeros((k, LANES, d), dtype=x.dtype)
+            for r in range(b, min(b + BLOCK_ROWS, len(xs)), LANES):
+                rows, lr = xs[r : r + LANES], ls[r : r + LANES]
+                for j in range(k):
+                    m = np.zeros(LANES, dtype=bool)
+                    m[: len(lr)] = lr == j
+                    part[j, m] = part[j, m] + rows[m[: len(rows)]]
+            lane = lane + part.astype(np.float64)
         for j in range(k):
-            m = ls == j
-            counts[j] += int(m.sum())
-            if m.any():
-                sums[j] = sums[j] + np.cumsum(xs[m], axis=0)[-1]
+            counts[j] += int((ls == j).sum())
+            tot = np.zeros(d)
+            for lv in lane[j]:
+                tot = tot + lv
+            sums[j] = sums[j] + tot
     return sums, counts
 
 
