@@ -417,16 +417,39 @@ def setup_trainer(spec: dict[str, Any]) -> Runner:
     classes = list(prepared.train[0]["classes"])
     out_dir = tempfile.mkdtemp(prefix="fairgrpo-bench-trainer-")
 
+    # FairGRPO's own code per step: the time inside FairGRPOTrainer's two overrides minus the
+    # time inside the TRL methods they call (``added``), measured directly so that it does not
+    # drown in the step-to-step noise of a whole-step comparison
+    clock = {"outer": 0.0, "inner": 0.0}
+
+    def timed(fn: Any, key: str) -> Any:
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                clock[key] += time.perf_counter() - t0
+
+        return wrapper
+
+    if impl != "trl":
+        for name in ("_generate_and_score_completions", "_calculate_rewards"):
+            setattr(GRPOTrainer, name, timed(getattr(GRPOTrainer, name), "inner"))
+            setattr(FairGRPOTrainer, name, timed(getattr(FairGRPOTrainer, name), "outer"))
+
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
             self.times: list[float] = []
+            self.added: list[float] = []
             self.t0 = 0.0
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            clock["outer"] = clock["inner"] = 0.0
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.times.append(time.perf_counter() - self.t0)
+            self.added.append(clock["outer"] - clock["inner"])
 
     def build() -> tuple[Any, StepTimer, list[float]]:
         model, tok = load_policy(None, texts=[r["prompt"] for r in records], extra_words=classes, seed=0)
@@ -477,7 +500,10 @@ def setup_trainer(spec: dict[str, Any]) -> Runner:
         tr.train()
         ts = timer.times[skip:]
         st = float(np.median(strat_t[skip:])) if strat_t[skip:] else 0.0
-        return _done(t=float(np.median(ts)), mean=float(np.mean(ts)), strategy=st, steps=len(timer.times))
+        added = float(np.median(timer.added[skip:])) if impl != "trl" else 0.0
+        return _done(
+            t=float(np.median(ts)), mean=float(np.mean(ts)), strategy=st, added=added, steps=len(timer.times)
+        )
 
     return run, lambda: {}
 
