@@ -4,7 +4,9 @@
 //! - distances are squared Euclidean, computed in the input's precision, summed over the
 //!   feature axis in order; the nearest centre wins, ties going to the lowest index;
 //! - a Lloyd iteration assigns every row and recomputes each centre as the f64 mean of its
-//!   rows; a centre that gets no row keeps its previous position (the empty-cluster rule);
+//!   rows; a centre that gets no row keeps its previous position (the empty-cluster rule).
+//!   The per-centre sums are blocked (`kernels.rs`): partial sums in the input precision
+//!   over 16 rows per lane, widened into f64 lane sums every 256 rows;
 //! - iteration stops when no label changed (strict convergence), when the summed squared
 //!   centre shift is at most `tol * mean(var(x, axis=0))` (scikit-learn's rule), or after
 //!   `max_iter` iterations; unless strictly converged, a last pass relabels every row
