@@ -94,6 +94,8 @@ struct Scratch {
     cell: Vec<u32>,
     /// (mean, inverse scale) of each prompt, for the portable pass 2.
     pstat: Vec<(f64, f64)>,
+    /// The same for the tiles ([`tiles::sums`] writes it, [`tiles::weighted`] reads it).
+    tstat: Vec<f64>,
 }
 
 impl Clone for Scratch {
@@ -296,7 +298,7 @@ impl FairAdvantage {
         // --- labels, on copies: committed only once nothing can fail ---
         let mut smap = self.sources.clone();
         let mut gmap = self.groups.clone();
-        let Scratch { sid, gid, cell, pstat } = &mut scratch;
+        let Scratch { sid, gid, cell, pstat, tstat } = &mut scratch;
         match sources {
             Labels::Absent => {
                 let default_source = [Some(Key::Str("default".into()))];
@@ -353,12 +355,19 @@ impl FairAdvantage {
         cell.resize(p, u32::MAX);
         if tiled.is_none() {
             pstat.resize(p, (0.0, 0.0));
+        } else {
+            // every entry is written by pass 1 before pass 2 reads it
+            tstat.resize(tiles::stat_len(p), 0.0);
         }
         let mut ps_chunks = pstat.chunks_mut(PROMPTS_PER_CHUNK);
-        let mut pieces: Vec<_> =
-            cell.chunks_mut(PROMPTS_PER_CHUNK).map(|c| (c, ps_chunks.next().unwrap_or_default())).collect();
+        // PROMPTS_PER_CHUNK is a multiple of the tile: a chunk's share is stat_len(chunk)
+        let mut ts_chunks = tstat.chunks_mut(tiles::stat_len(PROMPTS_PER_CHUNK));
+        let mut pieces: Vec<_> = cell
+            .chunks_mut(PROMPTS_PER_CHUNK)
+            .map(|c| (c, ps_chunks.next().unwrap_or_default(), ts_chunks.next().unwrap_or_default()))
+            .collect();
         let parts = map_chunks_mut(&mut pieces, 1, threads, |ci, piece| {
-            let (cells, ps) = &mut piece[0];
+            let (cells, ps, tst) = &mut piece[0];
             let q_start = ci * PROMPTS_PER_CHUNK;
             let q_end = q_start + cells.len();
             let mut part = Pass1 {
@@ -367,20 +376,32 @@ impl FairAdvantage {
                 ..Default::default()
             };
             if let Some(r) = tiled {
-                part.bad = tiles::sums(&r[q_start * g..q_end * g], g, &sp, &mut |q0, n, ts| {
-                    for l in 0..n {
-                        let a = Acc {
-                            n: 1.0,
-                            rsum: ts.sum[l],
-                            rcnt: ts.cnt[l],
-                            ssum: ts.ssum[l],
-                            ssq: ts.ssq[l],
+                // the source and cell sums as `Sums4` (the prompt counts apart): the same
+                // additions in the same order as `Pass1::add`, in fewer instructions
+                let mut src = vec![Sums4::default(); ns];
+                let mut cell = vec![Sums4::default(); ns * ng];
+                let (sid, gid) = (&sid[q_start..q_end], &gid[q_start..q_end]);
+                let unl = &mut part.unl;
+                part.bad = tiles::sums(&r[q_start * g..q_end * g], g, &sp, tst, &mut |q0, n, ts| {
+                    let (sid, gid) = (&sid[q0..q0 + n], &gid[q0..q0 + n]);
+                    for (l, c) in cells[q0..q0 + n].iter_mut().enumerate() {
+                        let v = [ts.sum[l], ts.cnt[l], ts.ssum[l], ts.ssq[l]];
+                        let s = sid[l] as usize;
+                        src[s].add(&v);
+                        *c = if gid[l] >= 0 {
+                            let k = s * ng + gid[l] as usize;
+                            cell[k].add(&v);
+                            k as u32
+                        } else {
+                            let a = Acc { n: 1.0, rsum: v[0], rcnt: v[1], ssum: v[2], ssq: v[3] };
+                            unl.push(((q_start + q0 + l) as u32, a));
+                            u32::MAX
                         };
-                        let q = q_start + q0 + l;
-                        cells[q0 + l] = part.add(q, sid[q], gid[q], ng, a);
                     }
                 })
                 .map(|i| q_start * g + i);
+                part.src = src.iter().map(Sums4::acc).collect();
+                part.cell = cell.iter().map(Sums4::acc).collect();
                 return part;
             }
             simd(|| {
@@ -567,9 +588,10 @@ impl FairAdvantage {
                 let ((o, w), cl) = &mut piece[0];
                 let q0 = ci * PROMPTS_PER_CHUNK;
                 let cells = &cell[q0..q0 + w.len()];
+                let st = &tstat[2 * q0..2 * q0 + tiles::stat_len(w.len())];
                 let mut mass = vec![0.0f64; n_cells];
                 let wt = CellWeights { cells, mult: &mult, shift, scale: inv_denom };
-                tiles::weighted(&r[q0 * g..(q0 + w.len()) * g], g, &sp, &wt, o, &mut mass);
+                tiles::weighted(&r[q0 * g..(q0 + w.len()) * g], g, st, &wt, o, &mut mass);
                 write_cells(cells, &cell_w, &cell_cluster, w, cl);
                 mass
             })
@@ -709,6 +731,28 @@ impl Acc {
     }
     fn run(&self) -> RunStat {
         RunStat { n: self.n, rsum: self.rsum, rcnt: self.rcnt }
+    }
+}
+
+/// An [`Acc`] as pass 1 of the tiles builds it: `[rsum, rcnt, ssum, ssq]` summed in
+/// prompt order, and the prompt count (`Acc::n`, a sum of ones, is that count exactly).
+#[derive(Debug, Clone, Copy, Default)]
+struct Sums4 {
+    v: [f64; 4],
+    n: u64,
+}
+
+impl Sums4 {
+    #[inline(always)]
+    fn add(&mut self, o: &[f64; 4]) {
+        for (a, b) in self.v.iter_mut().zip(o) {
+            *a += b;
+        }
+        self.n += 1;
+    }
+    fn acc(&self) -> Acc {
+        let [rsum, rcnt, ssum, ssq] = self.v;
+        Acc { n: self.n as f64, rsum, rcnt, ssum, ssq }
     }
 }
 

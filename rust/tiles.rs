@@ -105,23 +105,30 @@ pub fn scores(r: &[f32], g: usize, p: &ScoreParams, out: &mut [f32]) -> Option<u
     unreachable!()
 }
 
+/// Length of the per-prompt statistics of `n` prompts (see [`sums`]).
+pub fn stat_len(n: usize) -> usize {
+    n.div_ceil(TILE) * 2 * TILE
+}
+
 /// Pass 1: moments and score sums of the prompts of `r`, handed to `f` one tile at a time
 /// as `f(first prompt, prompts in the tile, sums)`; returns the index in `r` of the first
-/// infinite reward, if any.
+/// infinite reward, if any. Each tile's means and inverse scales go to `stat` (16 of each
+/// per tile, [`stat_len`] in all), for [`weighted`] to reuse.
 ///
 /// # Panics
-/// If `supports(g)` is false, or `r.len()` is not a multiple of `g`.
+/// If `supports(g)` is false, or the lengths do not match.
 pub fn sums(
     r: &[f32],
     g: usize,
     p: &ScoreParams,
+    stat: &mut [f64],
     f: &mut dyn FnMut(usize, usize, &TileSums),
 ) -> Option<usize> {
-    assert!(supports(g) && r.len().is_multiple_of(g));
+    assert!(supports(g) && r.len().is_multiple_of(g) && stat.len() == stat_len(r.len() / g));
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `supports` checked AVX-512F; the length is checked above.
+    // SAFETY: `supports` checked AVX-512F; the lengths are checked above.
     unsafe {
-        by_size!(g, sums_k::<G>(r, p, f))
+        by_size!(g, sums_k::<G>(r, p, stat, f))
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!()
@@ -129,24 +136,18 @@ pub fn sums(
 
 /// Pass 2: the weighted, renormalised advantages of the prompts of `r` into `out`
 /// (exactly [`crate::blocks::write_prompt_scores`] per prompt, with the prompt's own mean
-/// and inverse scale recomputed from `r`); adds each prompt's |A| to `mass[cell]`, in
-/// prompt order. The rewards must be free of infinities (pass 1 checks).
+/// and inverse scale as [`sums`] left them in `stat`); adds each prompt's |A| to
+/// `mass[cell]`, in prompt order. The rewards must be free of infinities (pass 1 checks).
 ///
 /// # Panics
 /// If `supports(g)` is false, or the lengths do not match.
-pub fn weighted(
-    r: &[f32],
-    g: usize,
-    p: &ScoreParams,
-    w: &CellWeights<'_>,
-    out: &mut [f32],
-    mass: &mut [f64],
-) {
+pub fn weighted(r: &[f32], g: usize, stat: &[f64], w: &CellWeights<'_>, out: &mut [f32], mass: &mut [f64]) {
     assert!(supports(g) && r.len() == out.len() && r.len() == w.cells.len() * g);
+    assert!(stat.len() == stat_len(w.cells.len()));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `supports` checked AVX-512F; the lengths are checked above.
     unsafe {
-        by_size!(g, weighted_k::<G>(r, p, w, out, mass))
+        by_size!(g, weighted_k::<G>(r, stat, w, out, mass))
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!()
@@ -213,12 +214,10 @@ mod imp {
             }
         }
 
-        /// Loads `n <= 16` prompts at `r` into tile b (padded with zeros) and computes
-        /// their sum, count and mean as [`crate::advantages::moments`]; returns whether
-        /// some reward is infinite (f32 sums cannot overflow in f64, so exactly when some
-        /// sum is not finite).
+        /// The rollouts of `n <= 16` prompts at `r` (padded with zeros): vector i holds
+        /// rollout i of the 16 prompts.
         #[inline(always)]
-        unsafe fn load(&mut self, b: usize, r: &[f32], n: usize) -> bool {
+        unsafe fn columns(&mut self, r: &[f32], n: usize) -> [__m512; G] {
             let src = if n == TILE {
                 r.as_ptr()
             } else {
@@ -229,6 +228,16 @@ mod imp {
             let mut rows = [_mm512_setzero_ps(); TILE];
             let mut xt = [_mm512_setzero_ps(); G];
             transpose::<G>(src, &mut rows, &mut xt);
+            xt
+        }
+
+        /// Loads `n <= 16` prompts at `r` into tile b (padded with zeros) and computes
+        /// their sum, count and mean as [`crate::advantages::moments`]; returns whether
+        /// some reward is infinite (f32 sums cannot overflow in f64, so exactly when some
+        /// sum is not finite).
+        #[inline(always)]
+        unsafe fn load(&mut self, b: usize, r: &[f32], n: usize) -> bool {
+            let xt = self.columns(r, n);
             let (zero, one) = (_mm512_setzero_pd(), _mm512_set1_pd(1.0));
             let mut all: __mmask16 = 0xffff;
             let mut sum = [zero; 2];
@@ -270,6 +279,45 @@ mod imp {
             self.sum[b] = sum;
             self.cnt[b] = cnt;
             finite != 0xffff
+        }
+
+        /// Loads `n <= 16` prompts at `r` into tile b as [`Batch::load`] does, and takes
+        /// their means and inverse scales from `st` (as [`Batch::save`] wrote them)
+        /// instead of computing them.
+        #[inline(always)]
+        unsafe fn reload(&mut self, b: usize, r: &[f32], n: usize, st: &[f64]) {
+            let xt = self.columns(r, n);
+            let mut all: __mmask16 = 0xffff;
+            for (i, &v) in xt.iter().enumerate() {
+                let ok = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v);
+                all &= ok;
+                self.x[b][i] = [
+                    _mm512_cvtps_pd(_mm512_castps512_ps256(v)),
+                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))),
+                ];
+                self.ok[b][i] = ok;
+            }
+            assert!(st.len() >= 2 * TILE);
+            let inf = _mm512_set1_pd(f64::INFINITY);
+            let mut fin = 0u16;
+            for h in 0..2 {
+                self.mean[b][h] = _mm512_loadu_pd(st.as_ptr().add(8 * h));
+                let inv = _mm512_loadu_pd(st.as_ptr().add(TILE + 8 * h));
+                self.inv[b][h] = inv;
+                fin |= (_mm512_cmp_pd_mask::<_CMP_LT_OQ>(_mm512_abs_pd(inv), inf) as u16) << (8 * h);
+            }
+            // as `load` then `scale`: no NaN reward and finite inverse scales
+            self.clean[b] = all == 0xffff && fin == 0xffff;
+        }
+
+        /// Tile b's means and inverse scales into `st` (16 of each).
+        #[inline(always)]
+        unsafe fn save(&self, b: usize, st: &mut [f64]) {
+            assert!(st.len() >= 2 * TILE);
+            for h in 0..2 {
+                _mm512_storeu_pd(st.as_mut_ptr().add(8 * h), self.mean[b][h]);
+                _mm512_storeu_pd(st.as_mut_ptr().add(TILE + 8 * h), self.inv[b][h]);
+            }
         }
 
         /// The inverse scale of tile b, as [`crate::advantages::inv_scale`].
@@ -355,6 +403,27 @@ mod imp {
         bad
     }
 
+    /// As [`run`], with each tile's means and inverse scales read from `stat` (as
+    /// [`sums_k`] saved them) instead of computed. The rewards are known to be finite.
+    #[inline(always)]
+    unsafe fn run_saved<const G: usize>(
+        r: &[f32],
+        stat: &[f64],
+        mut each: impl FnMut(&Batch<G>, usize, usize, usize),
+    ) {
+        let np = r.len() / G;
+        let mut bt = Batch::<G>::new();
+        for q0 in (0..np).step_by(TILE * BATCH) {
+            let nt = (np - q0).div_ceil(TILE).min(BATCH);
+            for b in 0..nt {
+                let q = q0 + b * TILE;
+                let n = TILE.min(np - q);
+                bt.reload(b, &r[q * G..(q + n) * G], n, &stat[2 * q..2 * q + 2 * TILE]);
+                each(&bt, b, q, n);
+            }
+        }
+    }
+
     /// Row i of `buf` = the two f32 halves.
     #[inline(always)]
     unsafe fn put(buf: &mut Buf, i: usize, lo: __m256, hi: __m256) {
@@ -404,6 +473,7 @@ mod imp {
     pub(super) unsafe fn sums_k<const G: usize>(
         r: &[f32],
         p: &ScoreParams,
+        stat: &mut [f64],
         f: &mut dyn FnMut(usize, usize, &TileSums),
     ) -> Option<usize> {
         #[inline(always)]
@@ -428,6 +498,7 @@ mod imp {
             } else {
                 tile::<G, false>(bt, b, &mut ts);
             }
+            bt.save(b, &mut stat[2 * q..2 * q + 2 * TILE]);
             f(q, n, &ts);
         })
     }
@@ -435,7 +506,7 @@ mod imp {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn weighted_k<const G: usize>(
         r: &[f32],
-        p: &ScoreParams,
+        stat: &[f64],
         w: &CellWeights<'_>,
         out: &mut [f32],
         mass: &mut [f64],
@@ -479,7 +550,7 @@ mod imp {
         let mut buf = Buf::new();
         let mut mult = [1.0f64; TILE];
         let mut lane_mass = [0.0f64; TILE];
-        run::<G>(r, p, |bt, b, q, n| {
+        run_saved::<G>(r, stat, |bt, b, q, n| {
             let cells = &w.cells[q..q + n];
             for (m, &c) in mult.iter_mut().zip(cells) {
                 *m = w.mult[c as usize];
@@ -565,7 +636,8 @@ mod tests {
                         want_sums.push((m.sum, m.count as f64, ssum, ssq, m.mean, inv));
                     }
                     let mut seen = 0;
-                    sums(&r, g, &p, &mut |q, n, ts| {
+                    let mut stat = vec![f64::NAN; stat_len(np)];
+                    sums(&r, g, &p, &mut stat, &mut |q, n, ts| {
                         for l in 0..n {
                             let w = want_sums[q + l];
                             let got = (ts.sum[l], ts.cnt[l], ts.ssum[l], ts.ssq[l]);
@@ -582,7 +654,7 @@ mod tests {
                     let mult = [0.7, 1.3, 1e308];
                     let wt = CellWeights { cells: &cells, mult: &mult, shift: 0.01, scale: 1.7 };
                     let mut mass = vec![0.0; 3];
-                    weighted(&r, g, &p, &wt, &mut out, &mut mass);
+                    weighted(&r, g, &stat, &wt, &mut out, &mut mass);
                     let mut want_mass = [0.0f64; 3];
                     let mut want = vec![0.0f32; g];
                     for (q, rq) in r.chunks_exact(g).enumerate() {
@@ -612,10 +684,11 @@ mod tests {
         let p = ScoreParams::new(Scale::Group, 0.0, 1e-4, 4);
         let mut out = vec![0.0; r.len()];
         assert_eq!(scores(&r, 4, &p, &mut out), Some(83));
-        assert_eq!(sums(&r, 4, &p, &mut |_, _, _| {}), Some(83));
+        let mut stat = vec![0.0; stat_len(37)];
+        assert_eq!(sums(&r, 4, &p, &mut stat, &mut |_, _, _| {}), Some(83));
         assert_eq!(scores(&r[4 * 32..], 4, &p, &mut out[4 * 32..]), Some(12));
         // +inf and -inf in one prompt (its sum is NaN)
         r[4 * 20 + 1] = f32::INFINITY;
-        assert_eq!(sums(&r, 4, &p, &mut |_, _, _| {}), Some(81));
+        assert_eq!(sums(&r, 4, &p, &mut stat, &mut |_, _, _| {}), Some(81));
     }
 }
