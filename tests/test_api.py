@@ -205,3 +205,31 @@ def test_out_buffers_are_written_in_place_and_checked():
         group_advantages(r, 4, out=np.empty(24, dtype=np.float64))  # wrong dtype
     with pytest.raises(fairgrpo.ShapeError, match="out"):
         group_advantages(r, 4, out=r)  # aliases the input
+
+
+def test_large_outputs_are_recycled_only_once_unreferenced():
+    # advantages of >= 16 MiB come from a pool of freed outputs: a result (or a view of
+    # it) that is still alive is never handed out again
+    import gc
+
+    p, g = 500_000, 10
+    fa = FairAdvantage("robust")
+    r = binary_batch(p, g, seed=3)
+    src = np.arange(p) % 3
+    a1 = fa(r, g, sources=src).advantages
+    keep = a1.copy()
+    view = a1[::3]
+    addr = a1.ctypes.data
+    del a1
+    gc.collect()
+    a2 = fa(binary_batch(p, g, seed=4), g, sources=src).advantages
+    assert a2.ctypes.data != addr and a2.flags.writeable and a2.flags.c_contiguous
+    np.testing.assert_array_equal(view, keep[::3])
+    del view, a2
+    gc.collect()
+    fresh = FairAdvantage("robust")
+    fresh(r, g, sources=src)
+    a3 = fresh(r, g, sources=src).advantages  # memory of an earlier result, fully rewritten
+    b = FairAdvantage("robust")
+    b(r, g, sources=src)
+    np.testing.assert_array_equal(a3, b(r, g, sources=src, out=np.full_like(r, 7.0)).advantages)

@@ -95,6 +95,23 @@ where
     R: Send,
     F: FnOnce(&mut [T]) -> crate::Result<R> + Send,
 {
+    with_out_from(py, out, n, zeros::<T>, f)
+}
+
+/// [`with_out`] with a fresh array from `fresh` (e.g. [`recycled`], for an `f` that writes
+/// every element).
+pub fn with_out_from<'py, T, R, F>(
+    py: Python<'py>,
+    out: Option<&Bound<'py, PyAny>>,
+    n: usize,
+    fresh: fn(Python<'py>, usize) -> Bound<'py, numpy::PyArray1<T>>,
+    f: F,
+) -> PyResult<(Bound<'py, PyAny>, R)>
+where
+    T: crate::real::Real + numpy::Element,
+    R: Send,
+    F: FnOnce(&mut [T]) -> crate::Result<R> + Send,
+{
     use numpy::{PyArrayMethods, PyReadwriteArray1};
     match out {
         Some(o) if !o.is_none() => {
@@ -118,7 +135,7 @@ where
             Ok((o.clone(), r))
         }
         _ => {
-            let a = zeros::<T>(py, n);
+            let a = fresh(py, n);
             let mut rw = a.readwrite();
             let s = rw.as_slice_mut().expect("a new array is contiguous");
             let r = super::errors::detach(py, || f(s))?;
@@ -143,4 +160,67 @@ pub fn empty<T: numpy::Element>(py: Python<'_>, n: usize) -> Bound<'_, numpy::Py
     // SAFETY: the memory comes from numpy's allocator, is plain bytes for the element
     // types used here (f64, i64), and every caller overwrites all of it before returning it.
     unsafe { numpy::PyArray1::<T>::new(py, n, false) }
+}
+
+/// Large arrays given back by [`recycled`] once nothing refers to them any more, for the
+/// next call that asks for the same dtype and length (a training loop asks for the same
+/// sizes step after step). Memory the process already has skips the kernel's page clearing,
+/// which costs as much as the rest of a large FairAdvantage step.
+static POOL: std::sync::Mutex<Vec<Py<PyAny>>> = std::sync::Mutex::new(Vec::new());
+
+/// Arrays kept in [`POOL`] at most (the oldest go first).
+const POOL_ARRAYS: usize = 4;
+
+/// Arrays smaller than this come from numpy directly (malloc reuses its heap for them).
+const POOL_MIN_BYTES: usize = 1 << 24;
+
+/// The base object of an array handed out by [`recycled`]: owns the pooled numpy array and
+/// puts it back into the pool when the last view of it is gone.
+#[pyclass(module = "fairgrpo._core", name = "RecycledBuffer", frozen)]
+pub struct Lease {
+    owner: std::sync::Mutex<Option<Py<PyAny>>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let owner = self.owner.get_mut().map(Option::take).unwrap_or(None);
+        if let (Some(o), Ok(mut pool)) = (owner, POOL.lock()) {
+            if pool.len() >= POOL_ARRAYS {
+                pool.remove(0);
+            }
+            pool.push(o);
+        }
+    }
+}
+
+/// A 1-D array with unspecified contents, like [`empty`], whose memory is recycled: for
+/// large sizes it is a view of a pooled array that returns to the pool when the view (and
+/// everything derived from it) is freed. Only for buffers written in full before use.
+pub fn recycled<T: numpy::Element>(py: Python<'_>, n: usize) -> Bound<'_, numpy::PyArray1<T>> {
+    use numpy::{PyArrayMethods, PyUntypedArrayMethods};
+    if n * std::mem::size_of::<T>() < POOL_MIN_BYTES {
+        return empty::<T>(py, n);
+    }
+    let reused = POOL.lock().ok().and_then(|mut pool| {
+        let i = pool.iter().position(|o| {
+            o.bind(py).cast::<numpy::PyArray1<T>>().is_ok_and(|a| a.len() == n && a.is_contiguous())
+        })?;
+        Some(pool.remove(i))
+    });
+    let owner = match reused {
+        Some(o) => o.into_bound(py).cast_into::<numpy::PyArray1<T>>().expect("checked above"),
+        None => empty::<T>(py, n),
+    };
+    let ptr = owner.data();
+    let lease = Lease { owner: std::sync::Mutex::new(Some(owner.into_any().unbind())) };
+    let Ok(lease) = Bound::new(py, lease) else {
+        return empty::<T>(py, n);
+    };
+    // SAFETY: `ptr` is the data of a contiguous array of `n` elements that the lease owns;
+    // the lease is the new array's base, so the memory outlives the array and every view of
+    // it, and it returns to the pool (for the next array) only when the lease is freed.
+    unsafe {
+        let view = numpy::ndarray::ArrayView1::from_shape_ptr(n, ptr);
+        numpy::PyArray1::borrow_from_array(&view, lease.into_any())
+    }
 }
