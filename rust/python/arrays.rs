@@ -83,24 +83,9 @@ pub fn contiguous<'a, T: numpy::Element>(
 }
 
 /// Runs `f` on an output buffer of `n` elements: the caller's `out` array (written in place,
-/// then returned) or a fresh array. Reusing a large `out` saves the page faults of a new one.
+/// then returned) or a fresh array from `fresh` ([`recycled`] where `f` writes every
+/// element). Reusing a large `out` saves the page faults of a new one.
 pub fn with_out<'py, T, R, F>(
-    py: Python<'py>,
-    out: Option<&Bound<'py, PyAny>>,
-    n: usize,
-    f: F,
-) -> PyResult<(Bound<'py, PyAny>, R)>
-where
-    T: crate::real::Real + numpy::Element,
-    R: Send,
-    F: FnOnce(&mut [T]) -> crate::Result<R> + Send,
-{
-    with_out_from(py, out, n, zeros::<T>, f)
-}
-
-/// [`with_out`] with a fresh array from `fresh` (e.g. [`recycled`], for an `f` that writes
-/// every element).
-pub fn with_out_from<'py, T, R, F>(
     py: Python<'py>,
     out: Option<&Bound<'py, PyAny>>,
     n: usize,
@@ -145,20 +130,13 @@ where
     }
 }
 
-/// A new zero-filled 1-D array. numpy's allocator asks for transparent huge pages on large
-/// arrays (a Rust `Vec` does not get them here), which makes first-touch page faults far
-/// cheaper; for large sizes the zeros come lazily from the kernel, so this is no slower than
-/// an uninitialised array.
-pub fn zeros<T: numpy::Element>(py: Python<'_>, n: usize) -> Bound<'_, numpy::PyArray1<T>> {
-    numpy::PyArray1::<T>::zeros(py, n, false)
-}
-
 /// A new 1-D array with unspecified contents (numpy.empty), for buffers that the caller
-/// writes in full before anyone reads them. Unlike [`zeros`], a size that malloc serves from
-/// its heap reuses memory freed earlier, skipping both calloc's memset and the page faults.
+/// writes in full before anyone reads them. numpy's allocator asks for transparent huge
+/// pages on large arrays (a Rust `Vec` does not get them here); unlike numpy.zeros, a size
+/// that malloc serves from its heap reuses memory freed earlier without calloc's memset.
 pub fn empty<T: numpy::Element>(py: Python<'_>, n: usize) -> Bound<'_, numpy::PyArray1<T>> {
     // SAFETY: the memory comes from numpy's allocator, is plain bytes for the element
-    // types used here (f64, i64), and every caller overwrites all of it before returning it.
+    // types used here (f32, f64, i64), and every caller overwrites all of it before use.
     unsafe { numpy::PyArray1::<T>::new(py, n, false) }
 }
 

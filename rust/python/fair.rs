@@ -1,7 +1,7 @@
 //! `FairCore`: the stateful FairGRPO advantage computation. The public, documented
 //! `fairgrpo.FairAdvantage` wraps it (options by keyword, stats as a dict).
 
-use super::arrays::{contiguous, empty, labels_arg, recycled, with_out_from, Floats1, LabelsArg};
+use super::arrays::{contiguous, empty, labels_arg, recycled, with_out, Floats1, LabelsArg};
 use crate::config::FairConfig;
 use crate::error::CoreError;
 use crate::fair::FairAdvantage;
@@ -108,13 +108,13 @@ impl FairCore {
         let (adv, json) = match &rewards {
             Floats1::F32(a) => {
                 let r = contiguous(a, "rewards")?;
-                with_out_from(py, out, r.len(), recycled, |buf| {
+                with_out(py, out, r.len(), recycled, |buf| {
                     run(inner, r, group_size, (ls, lg, lt), buf, w, c)
                 })?
             }
             Floats1::F64(a) => {
                 let r = contiguous(a, "rewards")?;
-                with_out_from(py, out, r.len(), recycled, |buf| {
+                with_out(py, out, r.len(), recycled, |buf| {
                     run(inner, r, group_size, (ls, lg, lt), buf, w, c)
                 })?
             }

@@ -1,7 +1,7 @@
 //! Stateless functions: `group_advantages`, `kmeans`, `kmeans_plusplus`, `select_k`, and the
 //! clustering agreement scores.
 
-use super::arrays::{contiguous, with_out, Floats1, Floats2};
+use super::arrays::{contiguous, recycled, with_out, Floats1, Floats2};
 use super::errors::detach;
 use crate::advantages::{self, Scale};
 use crate::kmeans::{self as core_kmeans, Init, KMeansResult as CoreResult};
@@ -45,14 +45,16 @@ pub fn group_advantages<'py>(
     Ok(match rewards {
         Floats1::F32(a) => {
             let r = contiguous(&a, "rewards")?;
-            with_out(py, out, r.len(), |o| {
+            // every element is written: a recycled array will do
+            with_out(py, out, r.len(), recycled, |o| {
                 advantages::group_advantages(r, group_size, scale, eps, threads, o)
             })?
             .0
         }
         Floats1::F64(a) => {
             let r = contiguous(&a, "rewards")?;
-            with_out(py, out, r.len(), |o| {
+            // every element is written: a recycled array will do
+            with_out(py, out, r.len(), recycled, |o| {
                 advantages::group_advantages(r, group_size, scale, eps, threads, o)
             })?
             .0
