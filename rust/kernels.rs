@@ -640,15 +640,15 @@ pub(crate) mod avx512 {
             let cj = c.add(j * D);
             let c0 = _mm512_set1_ps(*cj);
             let mut s = [_mm512_setzero_ps(); PAR];
-            for h in 0..PAR {
-                let e = _mm512_sub_ps(xs[h][0], c0);
-                s[h] = _mm512_mul_ps(e, e);
+            for (sh, x) in s.iter_mut().zip(xs) {
+                let e = _mm512_sub_ps(x[0], c0);
+                *sh = _mm512_mul_ps(e, e);
             }
             for t in 1..D {
                 let ct = _mm512_set1_ps(*cj.add(t));
-                for h in 0..PAR {
-                    let e = _mm512_sub_ps(xs[h][t], ct);
-                    s[h] = _mm512_add_ps(s[h], _mm512_mul_ps(e, e));
+                for (sh, x) in s.iter_mut().zip(xs) {
+                    let e = _mm512_sub_ps(x[t], ct);
+                    *sh = _mm512_add_ps(*sh, _mm512_mul_ps(e, e));
                 }
             }
             let jv = _mm512_set1_epi32(j as i32);
