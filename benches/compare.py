@@ -817,8 +817,10 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.time() - t_start
 
     print()
+    kind = "QUICK (small sizes, not for quoting)" if cfg.quick else "full sizes"
+    kind += f", cases {cfg.only}" if cfg.only else ", all cases"
     print(
-        f"FairGRPO core vs peers — {'QUICK (small sizes, not for quoting)' if cfg.quick else 'full run'}, "
+        f"FairGRPO core vs peers — {kind}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t_start))}, {elapsed:.0f} s"
     )
     print(
