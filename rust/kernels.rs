@@ -300,7 +300,7 @@ fn assign_tiled<T: Real, const D: usize, const X512: bool>(a: &mut Assign<'_, T>
     let pw = if D <= 8 { 8 } else { LANES };
     let mut lane_sums = vec![0.0f64; if accumulate { LANES * k * pw } else { 0 }];
     let mut part = vec![T::ZERO; lane_sums.len()];
-    let mut lane_counts = vec![0u64; LANES * k];
+    let mut counts = vec![0u64; k];
     let mut lane_inertia = [0.0f64; LANES];
     let x = &a.x[..n * D];
     let n_tiles = n.div_ceil(LANES);
@@ -343,7 +343,7 @@ fn assign_tiled<T: Real, const D: usize, const X512: bool>(a: &mut Assign<'_, T>
         }
         for l in 0..m {
             let j = arg[l] as usize;
-            lane_counts[l * k + j] += 1;
+            counts[j] += 1;
             if accumulate {
                 let o = (l * k + j) * pw;
                 if D <= 8 {
@@ -363,7 +363,7 @@ fn assign_tiled<T: Real, const D: usize, const X512: bool>(a: &mut Assign<'_, T>
             flush(&mut part, &mut lane_sums);
         }
     }
-    finish_assign(a, &lane_sums, pw, &lane_counts, &lane_inertia, changed);
+    finish_assign(a, &lane_sums, pw, &counts, &lane_inertia, changed);
 }
 
 /// Tiles per block of the Lloyd accumulation.
@@ -378,13 +378,14 @@ fn flush<T: Real>(part: &mut [T], lane_sums: &mut [f64]) {
     }
 }
 
-/// Combines the per-lane accumulators in lane order and adds them to the outputs.
+/// Combines the per-lane accumulators in lane order and adds them, and the per-centre row
+/// counts, to the outputs.
 #[inline(always)]
 fn finish_assign<T: Real>(
     a: &mut Assign<'_, T>,
     lane_sums: &[f64],
     pw: usize,
-    lane_counts: &[u64],
+    counts: &[u64],
     lane_inertia: &[f64; LANES],
     changed: u64,
 ) {
@@ -403,10 +404,8 @@ fn finish_assign<T: Real>(
             *a += b;
         }
     }
-    for lane in lane_counts.chunks_exact(k) {
-        for (a, b) in a.counts.iter_mut().zip(lane) {
-            *a += b;
-        }
+    for (a, b) in a.counts.iter_mut().zip(counts) {
+        *a += b;
     }
     let mut inertia = 0.0;
     for v in lane_inertia {
@@ -424,7 +423,7 @@ fn assign_rows<T: Real>(a: &mut Assign<'_, T>) {
     let accumulate = !a.sums.is_empty();
     let mut lane_sums = vec![0.0f64; if accumulate { LANES * k * d } else { 0 }];
     let mut part = vec![T::ZERO; lane_sums.len()];
-    let mut lane_counts = vec![0u64; LANES * k];
+    let mut counts = vec![0u64; k];
     let mut lane_inertia = [0.0f64; LANES];
     let mut changed = 0u64;
     let n = a.labels.len();
@@ -442,7 +441,7 @@ fn assign_rows<T: Real>(a: &mut Assign<'_, T>) {
         changed += (*lab != j as u32) as u64;
         *lab = j as u32;
         lane_inertia[l] += best.to_f64();
-        lane_counts[l * k + j] += 1;
+        counts[j] += 1;
         if accumulate {
             let s = &mut part[(l * k + j) * d..(l * k + j + 1) * d];
             for (acc, v) in s.iter_mut().zip(row) {
@@ -453,7 +452,7 @@ fn assign_rows<T: Real>(a: &mut Assign<'_, T>) {
             }
         }
     }
-    finish_assign(a, &lane_sums, d, &lane_counts, &lane_inertia, changed);
+    finish_assign(a, &lane_sums, d, &counts, &lane_inertia, changed);
 }
 
 #[inline(always)]
@@ -803,9 +802,7 @@ pub(crate) mod avx512 {
                 }
             }
         }
-        let mut lane_counts = vec![0u64; LANES * k];
-        lane_counts[..k].copy_from_slice(&counts);
-        finish_assign(a, &lane_sums, D, &lane_counts, &lane_inertia, changed);
+        finish_assign(a, &lane_sums, D, &counts, &lane_inertia, changed);
     }
 
     /// [`super::potential_tiled`] for f32.
