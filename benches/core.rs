@@ -4,7 +4,7 @@
 use _core::advantages::{group_advantages, Scale};
 use _core::config::FairConfig;
 use _core::fair::FairAdvantage;
-use _core::kmeans::{kmeans_plusplus, lloyd};
+use _core::kmeans::{kmeans_plusplus, lloyd, Algorithm};
 use _core::labels::Labels;
 use _core::rng::SplitMix64;
 use _core::select_k::{select_k, SelectKParams};
@@ -36,7 +36,10 @@ fn bench_kmeans(c: &mut Criterion) {
         let init: Vec<f64> = x[..k * d].iter().map(|&v| v as f64).collect();
         g.throughput(Throughput::Bytes((n * d * 4) as u64));
         g.bench_function(format!("lloyd_iteration/n={n}/d={d}/k={k}"), |b| {
-            b.iter(|| lloyd(black_box(&x), d, init.clone(), 1, 0.0, rayon::current_num_threads()).unwrap())
+            b.iter(|| {
+                lloyd(black_box(&x), d, init.clone(), 1, 0.0, Algorithm::Lloyd, rayon::current_num_threads())
+                    .unwrap()
+            })
         });
         g.bench_function(format!("kmeans_plusplus/n={n}/d={d}/k={k}"), |b| {
             b.iter(|| kmeans_plusplus(black_box(&x), d, k, 0, rayon::current_num_threads()).unwrap())

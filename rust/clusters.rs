@@ -11,7 +11,7 @@
 //!   fitted once on the whole history.
 
 use crate::error::{CoreError, Result};
-use crate::kmeans::{count_distinct_rows, kmeans_trusted, Init};
+use crate::kmeans::{count_distinct_rows, kmeans_trusted, Algorithm, Init};
 use crate::metrics::adjusted_rand_index;
 use crate::select_k::{elbow, select_k, SelectKParams};
 use serde::{Deserialize, Serialize};
@@ -226,7 +226,16 @@ impl SourceClusters {
                     Some(c) if c.len() == k * d && p.warm_start => Init::Centres(c),
                     _ => Init::PlusPlus { seed: s.seed },
                 };
-                let fit = kmeans_trusted(&self.history, d, k, init, s.max_iter, s.kmeans_tol, s.threads)?;
+                let fit = kmeans_trusted(
+                    &self.history,
+                    d,
+                    k,
+                    init,
+                    s.max_iter,
+                    s.kmeans_tol,
+                    Algorithm::Lloyd,
+                    s.threads,
+                )?;
                 let inc = IncK::from_labels(&self.history, d, k, fit.centroids, fit.labels);
                 if self.inc.len() < k {
                     self.inc.push(inc);

@@ -608,7 +608,7 @@ pub(crate) mod avx512 {
     /// # Safety
     /// AVX-512F must be available and `c` valid for `D` reads.
     #[inline(always)]
-    unsafe fn dist<const D: usize>(xt: &[__m512; D], c: *const f32) -> __m512 {
+    pub(crate) unsafe fn dist<const D: usize>(xt: &[__m512; D], c: *const f32) -> __m512 {
         let e = _mm512_sub_ps(xt[0], _mm512_set1_ps(*c));
         let mut s = _mm512_mul_ps(e, e);
         for (t, x) in xt.iter().enumerate().skip(1) {

@@ -18,6 +18,7 @@
 //!   identical for every thread count.
 
 use crate::error::{CoreError, Result};
+use crate::hamerly;
 use crate::kernels::{assign_chunk, potential_chunk, Assign, Fold, Isa, Potential};
 use crate::pool::{map_chunks, map_chunks_mut, CHUNK};
 use crate::real::{first_non_finite, Real};
@@ -156,6 +157,31 @@ pub fn mean_column_variance<T: Real>(x: &[T], d: usize, threads: usize) -> f64 {
     var.iter().map(|v| v / n as f64).sum::<f64>() / d as f64
 }
 
+/// How the Lloyd iterations find each row's nearest centre.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Algorithm {
+    /// Every iteration measures every row against every centre (and re-sums the centres).
+    #[default]
+    Lloyd,
+    /// Hamerly's bounds: after the first iteration, a row is measured again only when the
+    /// centres have moved enough that its nearest centre may have changed; the per-centre
+    /// sums are updated with the rows that changed centre. The labels of every iteration
+    /// are those of [`Algorithm::Lloyd`] from the same centres; the centres differ from
+    /// Lloyd's only in how their sums are rounded.
+    Hamerly,
+}
+
+impl std::str::FromStr for Algorithm {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lloyd" => Ok(Algorithm::Lloyd),
+            "hamerly" => Ok(Algorithm::Hamerly),
+            _ => Err(CoreError::value("algorithm", format!("must be 'lloyd' or 'hamerly', got {s:?}"))),
+        }
+    }
+}
+
 /// Lloyd iterations from explicit centres (see the module docs for the exact rules).
 pub fn lloyd<T: Real>(
     x: &[T],
@@ -163,10 +189,11 @@ pub fn lloyd<T: Real>(
     centres: Vec<f64>,
     max_iter: usize,
     tol: f64,
+    algorithm: Algorithm,
     threads: usize,
 ) -> Result<KMeansResult> {
     check_data(x, d)?;
-    lloyd_trusted(x, d, centres, max_iter, tol, threads)
+    lloyd_trusted(x, d, centres, max_iter, tol, algorithm, threads)
 }
 
 /// [`lloyd`] on data already checked by [`check_data`].
@@ -176,6 +203,7 @@ fn lloyd_trusted<T: Real>(
     mut centres: Vec<f64>,
     max_iter: usize,
     tol: f64,
+    algorithm: Algorithm,
     threads: usize,
 ) -> Result<KMeansResult> {
     let n = x.len() / d;
@@ -187,30 +215,67 @@ fn lloyd_trusted<T: Real>(
     let mut n_iter = 0;
     let mut strict = false;
     let mut last = None;
+    let hamerly = algorithm == Algorithm::Hamerly;
+    // Hamerly's state: running sums and counts, per-row margins, cumulative drift
+    let (mut sums, mut counts) = (vec![0.0f64; k * d], vec![0u64; k]);
+    let mut margin = if hamerly { vec![hamerly::UNMEASURED; n] } else { Vec::new() };
+    let slack = hamerly::Slack::new::<T>(d);
+    let mut drift = 0.0f64;
+    let to_t = |c: &[f64]| c.iter().map(|&v| T::from_f64(v)).collect::<Vec<T>>();
     for it in 0..max_iter {
-        let p = assign(x, d, &centres, &mut labels, threads, true);
         n_iter = it + 1;
+        let changed = if it == 0 || !hamerly {
+            let p = assign(x, d, &centres, &mut labels, threads, true);
+            let changed = p.changed;
+            (sums, counts) = (p.sums.clone(), p.counts.clone());
+            last = Some(p);
+            changed
+        } else {
+            let ct = to_t(&centres);
+            let delta = hamerly::bounded_pass(x, d, &ct, &mut labels, &mut margin, drift, &slack, threads);
+            for j in 0..k {
+                counts[j] = (counts[j] as i64 + delta.counts[j]) as u64;
+                let s = &mut sums[j * d..(j + 1) * d];
+                if counts[j] == 0 {
+                    s.fill(0.0);
+                } else {
+                    for (a, b) in s.iter_mut().zip(&delta.sums[j * d..(j + 1) * d]) {
+                        *a += b;
+                    }
+                }
+            }
+            delta.changed
+        };
+        let before = if hamerly { to_t(&centres) } else { Vec::new() };
         let mut shift = 0.0;
         for j in 0..k {
-            if p.counts[j] > 0 {
+            if counts[j] > 0 {
                 for t in 0..d {
-                    let new = p.sums[j * d + t] / p.counts[j] as f64;
+                    let new = sums[j * d + t] / counts[j] as f64;
                     let e = new - centres[j * d + t];
                     shift += e * e;
                     centres[j * d + t] = new;
                 }
             }
         }
-        if p.changed == 0 {
+        if changed == 0 {
             strict = true;
-            last = Some(p);
             break;
         }
         if shift <= tol_abs {
             break;
         }
+        if hamerly {
+            let after = to_t(&centres);
+            let moves: Vec<f64> = before
+                .chunks_exact(d)
+                .zip(after.chunks_exact(d))
+                .map(|(a, b)| a.iter().zip(b).map(|(u, v)| (u.to_f64() - v.to_f64()).powi(2)).sum())
+                .collect();
+            drift += slack.drift(&moves);
+        }
     }
-    let p = match (strict, last) {
+    let p = match (strict && !hamerly, last) {
         (true, Some(p)) => p,
         _ => assign(x, d, &centres, &mut labels, threads, false),
     };
@@ -423,6 +488,7 @@ fn kmeans_plusplus_trusted<T: Real>(
 }
 
 /// K-means: initialisation then Lloyd iterations.
+#[allow(clippy::too_many_arguments)]
 pub fn kmeans<T: Real>(
     x: &[T],
     d: usize,
@@ -430,13 +496,15 @@ pub fn kmeans<T: Real>(
     init: Init<'_>,
     max_iter: usize,
     tol: f64,
+    algorithm: Algorithm,
     threads: usize,
 ) -> Result<KMeansResult> {
     check_data(x, d)?;
-    kmeans_trusted(x, d, k, init, max_iter, tol, threads)
+    kmeans_trusted(x, d, k, init, max_iter, tol, algorithm, threads)
 }
 
 /// [`kmeans`] on data already checked by [`check_data`] (the elbow search checks once).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn kmeans_trusted<T: Real>(
     x: &[T],
     d: usize,
@@ -444,6 +512,7 @@ pub(crate) fn kmeans_trusted<T: Real>(
     init: Init<'_>,
     max_iter: usize,
     tol: f64,
+    algorithm: Algorithm,
     threads: usize,
 ) -> Result<KMeansResult> {
     if k == 0 {
@@ -463,7 +532,7 @@ pub(crate) fn kmeans_trusted<T: Real>(
             c.to_vec()
         }
     };
-    lloyd_trusted(x, d, centres, max_iter, tol, threads)
+    lloyd_trusted(x, d, centres, max_iter, tol, algorithm, threads)
 }
 
 /// The first `limit` distinct rows are enough to cap k: counts distinct rows up to `limit`.
@@ -498,7 +567,7 @@ mod tests {
     #[test]
     fn finds_three_blobs() {
         let x = blobs(3000);
-        let res = kmeans(&x, 2, 3, Init::PlusPlus { seed: 0 }, 300, 1e-4, 2).unwrap();
+        let res = kmeans(&x, 2, 3, Init::PlusPlus { seed: 0 }, 300, 1e-4, Algorithm::Lloyd, 2).unwrap();
         let mut sizes = res.sizes.clone();
         sizes.sort();
         assert_eq!(sizes, vec![1000, 1000, 1000]);
@@ -508,8 +577,8 @@ mod tests {
     #[test]
     fn bitwise_identical_across_threads() {
         let x: Vec<f32> = blobs(20_000).iter().map(|&v| v as f32).collect();
-        let a = kmeans(&x, 2, 4, Init::PlusPlus { seed: 5 }, 50, 0.0, 1).unwrap();
-        let b = kmeans(&x, 2, 4, Init::PlusPlus { seed: 5 }, 50, 0.0, 2).unwrap();
+        let a = kmeans(&x, 2, 4, Init::PlusPlus { seed: 5 }, 50, 0.0, Algorithm::Lloyd, 1).unwrap();
+        let b = kmeans(&x, 2, 4, Init::PlusPlus { seed: 5 }, 50, 0.0, Algorithm::Lloyd, 2).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
     }
@@ -517,7 +586,7 @@ mod tests {
     #[test]
     fn k_above_distinct_rows_is_defined() {
         let x = [0.0f64, 1.0, 0.0, 1.0, 1.0, 1.0];
-        let res = kmeans(&x, 2, 5, Init::PlusPlus { seed: 0 }, 100, 1e-4, 1).unwrap();
+        let res = kmeans(&x, 2, 5, Init::PlusPlus { seed: 0 }, 100, 1e-4, Algorithm::Lloyd, 1).unwrap();
         assert_eq!(res.centroids.len(), 10);
         assert_eq!(res.inertia, 0.0);
         assert_eq!(res.sizes.iter().filter(|&&s| s > 0).count(), 2);
@@ -528,7 +597,7 @@ mod tests {
     fn empty_cluster_keeps_its_centre() {
         let x = [0.0f64, 0.0, 1.0, 1.0];
         let init = [0.0, 0.0, 1.0, 1.0, 50.0, 50.0];
-        let res = kmeans(&x, 2, 3, Init::Centres(&init), 10, 0.0, 1).unwrap();
+        let res = kmeans(&x, 2, 3, Init::Centres(&init), 10, 0.0, Algorithm::Lloyd, 1).unwrap();
         assert_eq!(&res.centroids[4..], &[50.0, 50.0]);
         assert_eq!(res.sizes, vec![1, 1, 0]);
         assert_eq!(res.n_iter, 1); // no centre moved: the shift rule stops at once
@@ -536,11 +605,13 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error() {
-        assert!(kmeans(&[0.0f64; 4], 2, 0, Init::PlusPlus { seed: 0 }, 10, 0.0, 1).is_err());
-        assert!(kmeans(&[f64::NAN, 0.0], 2, 1, Init::PlusPlus { seed: 0 }, 10, 0.0, 1).is_err());
-        assert!(kmeans(&[0.0f64; 3], 2, 1, Init::PlusPlus { seed: 0 }, 10, 0.0, 1).is_err());
-        assert!(kmeans(&[0.0f64; 4], 2, 2, Init::Centres(&[0.0; 2]), 10, 0.0, 1).is_err());
-        assert!(kmeans(&[0.0f64; 4], 2, 1, Init::PlusPlus { seed: 0 }, 0, 0.0, 1).is_err());
+        assert!(kmeans(&[0.0f64; 4], 2, 0, Init::PlusPlus { seed: 0 }, 10, 0.0, Algorithm::Lloyd, 1).is_err());
+        assert!(
+            kmeans(&[f64::NAN, 0.0], 2, 1, Init::PlusPlus { seed: 0 }, 10, 0.0, Algorithm::Lloyd, 1).is_err()
+        );
+        assert!(kmeans(&[0.0f64; 3], 2, 1, Init::PlusPlus { seed: 0 }, 10, 0.0, Algorithm::Lloyd, 1).is_err());
+        assert!(kmeans(&[0.0f64; 4], 2, 2, Init::Centres(&[0.0; 2]), 10, 0.0, Algorithm::Lloyd, 1).is_err());
+        assert!(kmeans(&[0.0f64; 4], 2, 1, Init::PlusPlus { seed: 0 }, 0, 0.0, Algorithm::Lloyd, 1).is_err());
     }
 
     #[test]

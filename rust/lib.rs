@@ -10,6 +10,7 @@ pub mod clusters;
 pub mod config;
 pub mod error;
 pub mod fair;
+mod hamerly;
 pub mod kernels;
 pub mod kmeans;
 pub mod labels;

@@ -5,7 +5,7 @@
 //! none, k_eff. (With k_max = 3: k = 2 when D_2 < tol * D_1, else 3.)
 
 use crate::error::{CoreError, Result};
-use crate::kmeans::{check_data, count_distinct_rows, kmeans_trusted, Init, KMeansResult};
+use crate::kmeans::{check_data, count_distinct_rows, kmeans_trusted, Algorithm, Init, KMeansResult};
 use crate::real::Real;
 
 /// The elbow rule on a list of inertias `I_1..I_m` (index 0 holds k = 1).
@@ -62,7 +62,7 @@ pub fn select_k<T: Real>(x: &[T], d: usize, p: &SelectKParams, warm: &[Vec<f64>]
             Some(c) if c.len() == k * d => Init::Centres(c),
             _ => Init::PlusPlus { seed: p.seed },
         };
-        fits.push(kmeans_trusted(x, d, k, init, p.max_iter, p.kmeans_tol, p.threads)?);
+        fits.push(kmeans_trusted(x, d, k, init, p.max_iter, p.kmeans_tol, Algorithm::Lloyd, p.threads)?);
     }
     let inertias: Vec<f64> = fits.iter().map(|f| f.inertia).collect();
     let k = elbow(&inertias, p.tol);

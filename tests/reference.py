@@ -249,18 +249,47 @@ class KMeansRef:
     n_iter: int
 
 
-def lloyd(x: np.ndarray, centres: np.ndarray, max_iter: int = 300, tol: float = 1e-4) -> KMeansRef:
-    """Lloyd iterations with the core's stopping and empty-cluster rules."""
+def _moved_sums(x: np.ndarray, old: np.ndarray, new: np.ndarray, k: int) -> np.ndarray:
+    """Hamerly's sum update: per chunk, the rows that changed centre, in row order, add their
+    float64 values to the new centre's delta and subtract them from the old one's; chunk
+    deltas are combined in chunk order."""
+    d = x.shape[1]
+    total = np.zeros((k, d))
+    for c in range(0, len(x), CHUNK):
+        part = np.zeros((k, d))
+        for i in np.nonzero(old[c : c + CHUNK] != new[c : c + CHUNK])[0] + c:
+            row = x[i].astype(np.float64)
+            part[new[i]] = part[new[i]] + row
+            part[old[i]] = part[old[i]] - row
+        total = total + part
+    return total
+
+
+def lloyd(
+    x: np.ndarray, centres: np.ndarray, max_iter: int = 300, tol: float = 1e-4, algorithm: str = "lloyd"
+) -> KMeansRef:
+    """Lloyd iterations with the core's stopping and empty-cluster rules. With
+    ``algorithm="hamerly"`` the labels are the same (the bounds only skip rows whose label
+    cannot change), but after the first iteration the per-centre sums are updated with the
+    rows that moved instead of being re-summed; a centre left with no row has its sum reset to
+    zero (and keeps its position)."""
     centres = np.array(centres, dtype=np.float64)
     k = len(centres)
     tol_abs = tol * mean_column_variance(x) if tol > 0 else 0.0
     labels = np.full(len(x), -1)
     n_iter, strict = 0, False
+    sums = np.zeros((k, x.shape[1]))
+    counts = np.zeros(k, dtype=np.int64)
     for it in range(max_iter):
         new_lab, _ = _assign(x, centres)
         changed = int((new_lab != labels).sum())
+        if algorithm == "hamerly" and it > 0:
+            sums = sums + _moved_sums(x, labels, new_lab, k)
+            counts = np.bincount(new_lab, minlength=k)
+            sums[counts == 0] = 0.0
+        else:
+            sums, counts = _chunked_cluster_sums(x, new_lab, k)
         labels = new_lab
-        sums, counts = _chunked_cluster_sums(x, labels, k)
         n_iter = it + 1
         shift = 0.0
         for j in range(k):
@@ -283,10 +312,16 @@ def lloyd(x: np.ndarray, centres: np.ndarray, max_iter: int = 300, tol: float = 
 
 
 def kmeans(
-    x: np.ndarray, k: int, init: Any = "k-means++", seed: int = 0, max_iter: int = 300, tol: float = 1e-4
+    x: np.ndarray,
+    k: int,
+    init: Any = "k-means++",
+    seed: int = 0,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    algorithm: str = "lloyd",
 ):
     c = kmeans_plusplus(x, k, seed) if isinstance(init, str) else np.asarray(init, dtype=np.float64)
-    return lloyd(x, c, max_iter, tol)
+    return lloyd(x, c, max_iter, tol, algorithm)
 
 
 def count_distinct(x: np.ndarray, limit: int) -> int:

@@ -119,11 +119,16 @@ def test_kmeans_plusplus_matches_reference(x, k, seed):
     np.testing.assert_array_equal(ours, ref.kmeans_plusplus(x, k, seed))
 
 
+ALGORITHMS = st.sampled_from(["lloyd", "hamerly"])
+
+
 @SETTINGS
-@given(point_sets(), st.integers(1, 6), st.integers(0, 1000), st.sampled_from([0.0, 1e-4]))
-def test_kmeans_matches_reference(x, k, seed, tol):
-    ours = fairgrpo.kmeans(x, k, seed=seed, max_iter=50, tol=tol)
-    want = ref.kmeans(x, k, seed=seed, max_iter=50, tol=tol)
+@given(point_sets(), st.integers(1, 6), st.integers(0, 1000), st.sampled_from([0.0, 1e-4]), ALGORITHMS)
+def test_kmeans_matches_reference(x, k, seed, tol, algorithm):
+    """Binary, graded and duplicated rows put many rows at equal distance from two centres:
+    Hamerly's bounds must never skip such a row when its label could change."""
+    ours = fairgrpo.kmeans(x, k, seed=seed, max_iter=50, tol=tol, algorithm=algorithm)
+    want = ref.kmeans(x, k, seed=seed, max_iter=50, tol=tol, algorithm=algorithm)
     np.testing.assert_array_equal(ours.labels, want.labels)
     np.testing.assert_array_equal(ours.sizes, want.sizes)
     assert ours.n_iter == want.n_iter
@@ -132,25 +137,61 @@ def test_kmeans_matches_reference(x, k, seed, tol):
 
 
 @SETTINGS
-@given(point_sets(), st.integers(1, 5), st.integers(0, 50))
-def test_kmeans_bitwise_identical_for_any_thread_count(x, k, seed):
-    a = fairgrpo.kmeans(x, k, seed=seed, n_threads=1)
-    b = fairgrpo.kmeans(x, k, seed=seed, n_threads=2)
-    c = fairgrpo.kmeans(x, k, seed=seed, n_threads=3)
+@given(point_sets(), st.integers(1, 5), st.integers(0, 50), ALGORITHMS)
+def test_kmeans_bitwise_identical_for_any_thread_count(x, k, seed, algorithm):
+    a = fairgrpo.kmeans(x, k, seed=seed, n_threads=1, algorithm=algorithm)
+    b = fairgrpo.kmeans(x, k, seed=seed, n_threads=2, algorithm=algorithm)
+    c = fairgrpo.kmeans(x, k, seed=seed, n_threads=3, algorithm=algorithm)
     for other in (b, c):
         np.testing.assert_array_equal(a.labels, other.labels)
         np.testing.assert_array_equal(a.centroids, other.centroids)
         assert a.inertia == other.inertia and a.n_iter == other.n_iter
 
 
-def test_kmeans_bitwise_identical_across_threads_on_many_chunks():
+@pytest.mark.parametrize("algorithm", ["lloyd", "hamerly"])
+def test_kmeans_bitwise_identical_across_threads_on_many_chunks(algorithm):
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(40_000, 6)) + rng.integers(0, 4, (40_000, 1))).astype(np.float32)
-    a = fairgrpo.kmeans(x, 4, seed=1, n_threads=1)
-    b = fairgrpo.kmeans(x, 4, seed=1, n_threads=2)
+    a = fairgrpo.kmeans(x, 4, seed=1, n_threads=1, algorithm=algorithm)
+    b = fairgrpo.kmeans(x, 4, seed=1, n_threads=2, algorithm=algorithm)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.centroids, b.centroids)
     assert a.inertia == b.inertia
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("d", "k"), [(10, 3), (4, 8), (17, 3), (2, 1)])
+def test_hamerly_matches_reference_on_many_chunks(dtype, d, k):
+    """Overlapping blobs over several chunks: the bounded passes measure dense windows
+    straight from x and gather sparse rows, and most rows are skipped after a few
+    iterations; every iteration's labels must still be Lloyd's (the reference measures
+    every row)."""
+    rng = np.random.default_rng(d * 10 + k)
+    n = 9000
+    x = (rng.normal(0, 0.5, (k, d))[rng.integers(0, k, n)] + rng.normal(size=(n, d))).astype(dtype)
+    init = x[:k].astype(np.float64)
+    ours = fairgrpo.kmeans(x, k, init=init, max_iter=60, tol=0.0, algorithm="hamerly")
+    want = ref.kmeans(x, k, init=init, max_iter=60, tol=0.0, algorithm="hamerly")
+    assert ours.n_iter == want.n_iter
+    np.testing.assert_array_equal(ours.labels, want.labels)
+    np.testing.assert_array_equal(ours.centroids, want.centroids)
+    assert ours.inertia == pytest.approx(want.inertia, rel=1e-12)
+    lloyd = fairgrpo.kmeans(x, k, init=init, max_iter=60, tol=0.0, algorithm="lloyd")
+    np.testing.assert_allclose(ours.centroids, lloyd.centroids, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_hamerly_on_binary_reward_vectors(k):
+    """Rollout rewards as the trainer clusters them: a few distinct 0/1 vectors, each
+    repeated thousands of times, so whole blocks of rows tie between centres."""
+    rng = np.random.default_rng(k)
+    p = rng.uniform(0.1, 0.9, 20_000)[:, None]
+    x = (rng.uniform(size=(20_000, 8)) < p).astype(np.float32)
+    ours = fairgrpo.kmeans(x, k, seed=3, max_iter=100, tol=0.0, algorithm="hamerly")
+    want = ref.kmeans(x, k, seed=3, max_iter=100, tol=0.0, algorithm="hamerly")
+    assert ours.n_iter == want.n_iter
+    np.testing.assert_array_equal(ours.labels, want.labels)
+    np.testing.assert_array_equal(ours.centroids, want.centroids)
 
 
 @SETTINGS

@@ -58,6 +58,7 @@ def kmeans(
     seed: int = 0,
     max_iter: int = 300,
     tol: float = 1e-4,
+    algorithm: str = "lloyd",
     n_threads: int | None = None,
 ) -> KMeansResult: ...
 def kmeans_plusplus(

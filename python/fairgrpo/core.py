@@ -117,6 +117,7 @@ def kmeans(
     seed: int = 0,
     max_iter: int = 300,
     tol: float = 1e-4,
+    algorithm: str = "lloyd",
     n_threads: int | None = None,
 ) -> KMeansResult:
     """K-means with Lloyd iterations.
@@ -130,6 +131,12 @@ def kmeans(
         max_iter: most Lloyd iterations.
         tol: stop once the summed squared centre shift is <= ``tol * mean(var(x, axis=0))``
             (scikit-learn's rule); also stops when no label changes.
+        algorithm: ``"lloyd"`` measures every row against every centre in every
+            iteration. ``"hamerly"`` keeps, per row, a bound on how far its nearest centre
+            is ahead of the others and skips the rows that cannot have changed centre
+            (usually most of them after a few iterations); each iteration gives the labels
+            Lloyd's would from the same centres, and the centre sums are updated with the
+            rows that moved, so the centres can differ from ``"lloyd"``'s in the last bits.
         n_threads: threads; results are bitwise identical for any value.
 
     Returns:
@@ -146,7 +153,9 @@ def kmeans(
         c = _floats(init, "init", 2).astype(np.float64)
         if c.shape != (k, xs.shape[1]):
             raise ShapeError(f"`init`: expected shape ({k}, {xs.shape[1]}), got {c.shape}")
-    return _core.kmeans(xs, k, c, _seed(seed), int(max_iter), float(tol), _threads(n_threads))
+    if algorithm not in ("lloyd", "hamerly"):
+        raise OptionError(f'`algorithm`: unknown option {algorithm!r}; expected "lloyd" or "hamerly"')
+    return _core.kmeans(xs, k, c, _seed(seed), int(max_iter), float(tol), algorithm, _threads(n_threads))
 
 
 def _check_k(k: Any, arg: str) -> None:

@@ -4,7 +4,7 @@
 use super::arrays::{contiguous, recycled, with_out, Floats1, Floats2};
 use super::errors::detach;
 use crate::advantages::{self, Scale};
-use crate::kmeans::{self as core_kmeans, Init, KMeansResult as CoreResult};
+use crate::kmeans::{self as core_kmeans, Algorithm, Init, KMeansResult as CoreResult};
 use crate::metrics;
 use crate::pool::resolve_threads;
 use crate::select_k::{self as core_select, SelectKParams};
@@ -117,12 +117,15 @@ fn data<'a, T: numpy::Element>(a: &'a PyReadonlyArray2<'_, T>) -> PyResult<(&'a 
 ///     seed: seed of k-means++.
 ///     max_iter: at most this many Lloyd iterations.
 ///     tol: stop when the summed squared centre shift is <= tol * mean(var(x, axis=0)).
+///     algorithm: ``"lloyd"`` (every row measured every iteration) or ``"hamerly"`` (rows
+///         whose nearest centre cannot have changed are skipped; same labels every
+///         iteration, centre sums updated with the rows that moved).
 ///     n_threads: threads to use; results are bitwise identical for any value.
 ///
 /// Returns:
 ///     KMeansResult with ``labels``, ``centroids``, ``sizes``, ``inertia``, ``n_iter``.
 #[pyfunction(name = "kmeans")]
-#[pyo3(signature = (x, k, init = None, seed = 0, max_iter = 300, tol = 1e-4, n_threads = None))]
+#[pyo3(signature = (x, k, init = None, seed = 0, max_iter = 300, tol = 1e-4, algorithm = "lloyd", n_threads = None))]
 #[allow(clippy::too_many_arguments)]
 pub fn kmeans_py(
     py: Python<'_>,
@@ -132,8 +135,10 @@ pub fn kmeans_py(
     seed: u64,
     max_iter: usize,
     tol: f64,
+    algorithm: &str,
     n_threads: Option<usize>,
 ) -> PyResult<KMeansResult> {
+    let algorithm: Algorithm = algorithm.parse()?;
     let threads = resolve_threads(n_threads)?;
     let init_c = match &init {
         Some(a) => Some(contiguous(a, "init")?),
@@ -146,11 +151,11 @@ pub fn kmeans_py(
     let (res, d) = match &x {
         Floats2::F32(a) => {
             let (xs, d) = data(a)?;
-            (detach(py, || core_kmeans::kmeans(xs, d, k, mk(), max_iter, tol, threads))?, d)
+            (detach(py, || core_kmeans::kmeans(xs, d, k, mk(), max_iter, tol, algorithm, threads))?, d)
         }
         Floats2::F64(a) => {
             let (xs, d) = data(a)?;
-            (detach(py, || core_kmeans::kmeans(xs, d, k, mk(), max_iter, tol, threads))?, d)
+            (detach(py, || core_kmeans::kmeans(xs, d, k, mk(), max_iter, tol, algorithm, threads))?, d)
         }
     };
     to_py(py, res, d)
