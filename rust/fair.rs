@@ -94,8 +94,9 @@ struct Scratch {
     cell: Vec<u32>,
     /// (mean, inverse scale) of each prompt, for the portable pass 2.
     pstat: Vec<(f64, f64)>,
-    /// The same for the tiles ([`tiles::sums`] writes it, [`tiles::weighted`] reads it).
-    tstat: Vec<f64>,
+    /// The scores for the tiles, in their layout ([`tiles::sums`] writes them,
+    /// [`tiles::weighted`] reads them).
+    tscore: Vec<f32>,
 }
 
 impl Clone for Scratch {
@@ -298,41 +299,188 @@ impl FairAdvantage {
         // --- labels, on copies: committed only once nothing can fail ---
         let mut smap = self.sources.clone();
         let mut gmap = self.groups.clone();
-        let Scratch { sid, gid, cell, pstat, tstat } = &mut scratch;
-        match sources {
-            Labels::Absent => {
-                let default_source = [Some(Key::Str("default".into()))];
-                let id = smap.map(Labels::Keys(&default_source), 1, "sources")?[0];
-                sid.clear();
-                sid.resize(p, id);
-            }
-            l => smap.map_into(l, p, "sources", threads, sid)?,
+        let Scratch { sid, gid, cell, pstat, tscore } = &mut scratch;
+        // Integer sources and groups whose labels are all known already (usually every step
+        // after the first) are looked up chunk by chunk inside pass 1, so the labels are read
+        // once; otherwise, or when pass 1 meets a new label, they are mapped here first.
+        let mut fused = match (sources, groups) {
+            (Labels::Ints(s), Labels::Ints(gr)) if s.len() == p && gr.len() == p => Some((s, Some(gr))),
+            (Labels::Ints(s), Labels::Absent) if s.len() == p => Some((s, None)),
+            _ => None,
         };
-        if let Some(i) = sid.iter().position(|&s| s < 0) {
-            return Err(CoreError::value(
-                "sources",
-                format!(
-                    "entry {i} is unknown (None or -1); every prompt needs a data source \
-                     (use one name for all if there is only one)"
-                ),
-            ));
+        let map_labels =
+            |smap: &mut LabelMap, gmap: &mut LabelMap, sid: &mut Vec<i32>, gid: &mut Vec<i32>| {
+                match sources {
+                    Labels::Absent => {
+                        let default_source = [Some(Key::Str("default".into()))];
+                        let id = smap.map(Labels::Keys(&default_source), 1, "sources")?[0];
+                        sid.clear();
+                        sid.resize(p, id);
+                    }
+                    l => smap.map_into(l, p, "sources", threads, sid)?,
+                };
+                if let Some(i) = sid.iter().position(|&s| s < 0) {
+                    return Err(unknown_source(i));
+                }
+                gmap.map_into(groups, p, "groups", threads, gid)?;
+                if !cfg.use_groups {
+                    gid.iter_mut().for_each(|v| *v = -1);
+                }
+                Ok(())
+            };
+        match fused {
+            Some((_, gr)) => {
+                sid.resize(p, 0);
+                gid.resize(p, -1);
+                if gr.is_none() {
+                    gid.fill(-1);
+                }
+            }
+            None => map_labels(&mut smap, &mut gmap, sid, gid)?,
         }
-        gmap.map_into(groups, p, "groups", threads, gid)?;
-        if !cfg.use_groups {
-            gid.iter_mut().for_each(|v| *v = -1);
+
+        // --- pass 1: per-prompt moments and scores, summed per source / group cell ---
+        let bstd = if cfg.scale == Scale::Batch { batch_std(rewards, threads) } else { 0.0 };
+        // f32 rewards on AVX-512: 16-prompt tiles (bitwise the portable code)
+        let tiled = T::as_f32(rewards).filter(|_| tiles::supports(g));
+        let sp = ScoreParams::new(cfg.scale, bstd, cfg.score_eps, g);
+        cell.resize(p, u32::MAX);
+        if tiled.is_none() {
+            pstat.resize(p, (0.0, 0.0));
+        } else {
+            // every entry is written by pass 1 before pass 2 reads it
+            tscore.resize(tiles::scores_len(p, g), 0.0);
         }
-        let (sid, gid) = (&sid[..], &gid[..]);
+        let parts = loop {
+            let (ns, ng) = (smap.len(), gmap.len());
+            let mut ps_chunks = pstat.chunks_mut(PROMPTS_PER_CHUNK);
+            // PROMPTS_PER_CHUNK is a multiple of the tile: a chunk's share is scores_len(chunk)
+            let mut ts_chunks = tscore.chunks_mut(tiles::scores_len(PROMPTS_PER_CHUNK, g));
+            let mut pieces: Vec<_> = cell
+                .chunks_mut(PROMPTS_PER_CHUNK)
+                .zip(sid.chunks_mut(PROMPTS_PER_CHUNK).zip(gid.chunks_mut(PROMPTS_PER_CHUNK)))
+                .map(|(c, ids)| {
+                    (c, ps_chunks.next().unwrap_or_default(), ts_chunks.next().unwrap_or_default(), ids)
+                })
+                .collect();
+            let (smap_r, gmap_r) = (&smap, &gmap);
+            let parts = map_chunks_mut(&mut pieces, 1, threads, |ci, piece| {
+                let (cells, ps, tst, (sid, gid)) = &mut piece[0];
+                let q_start = ci * PROMPTS_PER_CHUNK;
+                let q_end = q_start + cells.len();
+                let mut part = Pass1 {
+                    src: vec![Acc::default(); ns],
+                    cell: vec![Acc::default(); ns * ng],
+                    ..Default::default()
+                };
+                if let Some((sv, gv)) = fused {
+                    let mut known = smap_r.lookup_small(&sv[q_start..q_end], sid);
+                    if let Some(gv) = gv {
+                        known &= gmap_r.lookup_small(&gv[q_start..q_end], gid);
+                        if !cfg.use_groups {
+                            gid.fill(-1);
+                        }
+                    }
+                    if !known {
+                        part.new_label = true;
+                        return part;
+                    }
+                    if let Some(i) = sid.iter().position(|&s| s < 0) {
+                        part.no_source = Some(q_start + i);
+                        return part;
+                    }
+                }
+                let (sid, gid) = (&**sid, &**gid);
+                if let Some(r) = tiled {
+                    // the source and cell sums as `Sums4` (the prompt counts apart): the same
+                    // additions in the same order as `Pass1::add`, in fewer instructions
+                    let mut src = vec![Sums4::default(); ns];
+                    let mut cell = vec![Sums4::default(); ns * ng];
+                    let unl = &mut part.unl;
+                    part.bad = tiles::sums(&r[q_start * g..q_end * g], g, &sp, tst, &mut |q0, n, ts| {
+                        let (sid, gid) = (&sid[q0..q0 + n], &gid[q0..q0 + n]);
+                        for (l, c) in cells[q0..q0 + n].iter_mut().enumerate() {
+                            let v = [ts.sum[l], ts.cnt[l], ts.ssum[l], ts.ssq[l]];
+                            let s = sid[l] as usize;
+                            src[s].add(&v);
+                            *c = if gid[l] >= 0 {
+                                let k = s * ng + gid[l] as usize;
+                                cell[k].add(&v);
+                                k as u32
+                            } else {
+                                let a = Acc { n: 1.0, rsum: v[0], rcnt: v[1], ssum: v[2], ssq: v[3] };
+                                unl.push(((q_start + q0 + l) as u32, a));
+                                u32::MAX
+                            };
+                        }
+                    })
+                    .map(|i| q_start * g + i);
+                    part.src = src.iter().map(Sums4::acc).collect();
+                    part.cell = cell.iter().map(Sums4::acc).collect();
+                    return part;
+                }
+                simd(|| {
+                    let mut b = BlockScorer::new(g, cfg.scale, bstd, cfg.score_eps);
+                    for q0 in (q_start..q_end).step_by(L) {
+                        let np = L.min(q_end - q0);
+                        let rb = &rewards[q0 * g..(q0 + np) * g];
+                        b.load(rb, np);
+                        if b.infinite && part.bad.is_none() {
+                            part.bad =
+                                rb.iter().position(|v| !v.is_finite() && !v.is_nan()).map(|i| q0 * g + i);
+                        }
+                        let (mut ssum, mut ssq) = ([0.0f64; L], [0.0f64; L]);
+                        for srow in b.s.chunks_exact(L) {
+                            for l in 0..L {
+                                ssum[l] += srow[l];
+                                ssq[l] += srow[l] * srow[l];
+                            }
+                        }
+                        for l in 0..np {
+                            let q = q0 + l;
+                            ps[q - q_start] = (b.mean[l], b.inv[l]);
+                            let a =
+                                Acc { n: 1.0, rsum: b.sum[l], rcnt: b.cnt[l], ssum: ssum[l], ssq: ssq[l] };
+                            cells[q - q_start] = part.add(q, sid[q - q_start], gid[q - q_start], ng, a);
+                        }
+                    }
+                });
+                part
+            });
+            drop(pieces);
+            if fused.is_some() && parts.iter().any(|pt| pt.new_label) {
+                // a label seen for the first time: ids in order of first appearance, then again
+                fused = None;
+                map_labels(&mut smap, &mut gmap, sid, gid)?;
+                continue;
+            }
+            break parts;
+        };
+        if let Some(i) = parts.iter().find_map(|pt| pt.no_source) {
+            return Err(unknown_source(i));
+        }
+        let sid = &sid[..];
         let tid = match true_groups {
             Labels::Absent => None,
             l => Some(LabelMap::default().map(l, p, "true_groups")?),
         };
-        let ns = smap.len();
-        let mut seen = vec![false; ns];
-        for &s in sid {
-            seen[s as usize] = true;
+        let (ns, ng) = (smap.len(), gmap.len());
+        let mut src_acc = vec![Acc::default(); ns];
+        let mut cell_acc = vec![Acc::default(); ns * ng];
+        let mut unl: Vec<(u32, Acc)> = Vec::new();
+        let bad = parts.iter().find_map(|pt| pt.bad);
+        for pt in parts {
+            for (a, b) in src_acc.iter_mut().zip(&pt.src) {
+                a.add(b);
+            }
+            for (a, b) in cell_acc.iter_mut().zip(&pt.cell) {
+                a.add(b);
+            }
+            unl.extend(pt.unl);
         }
         for (s, c) in self.clusters.iter().enumerate() {
-            if c.dim != 0 && c.dim != g && seen[s] {
+            // a source of this batch (the group size of a source not in it may change)
+            if c.dim != 0 && c.dim != g && src_acc.get(s).is_some_and(|a| a.n > 0.0) {
                 return Err(CoreError::value(
                     "group_size",
                     format!(
@@ -345,106 +493,8 @@ impl FairAdvantage {
                 ));
             }
         }
-        let ng = gmap.len();
-
-        // --- pass 1: per-prompt moments and scores, summed per source / group cell ---
-        let bstd = if cfg.scale == Scale::Batch { batch_std(rewards, threads) } else { 0.0 };
-        // f32 rewards on AVX-512: 16-prompt tiles (bitwise the portable code)
-        let tiled = T::as_f32(rewards).filter(|_| tiles::supports(g));
-        let sp = ScoreParams::new(cfg.scale, bstd, cfg.score_eps, g);
-        cell.resize(p, u32::MAX);
-        if tiled.is_none() {
-            pstat.resize(p, (0.0, 0.0));
-        } else {
-            // every entry is written by pass 1 before pass 2 reads it
-            tstat.resize(tiles::stat_len(p), 0.0);
-        }
-        let mut ps_chunks = pstat.chunks_mut(PROMPTS_PER_CHUNK);
-        // PROMPTS_PER_CHUNK is a multiple of the tile: a chunk's share is stat_len(chunk)
-        let mut ts_chunks = tstat.chunks_mut(tiles::stat_len(PROMPTS_PER_CHUNK));
-        let mut pieces: Vec<_> = cell
-            .chunks_mut(PROMPTS_PER_CHUNK)
-            .map(|c| (c, ps_chunks.next().unwrap_or_default(), ts_chunks.next().unwrap_or_default()))
-            .collect();
-        let parts = map_chunks_mut(&mut pieces, 1, threads, |ci, piece| {
-            let (cells, ps, tst) = &mut piece[0];
-            let q_start = ci * PROMPTS_PER_CHUNK;
-            let q_end = q_start + cells.len();
-            let mut part = Pass1 {
-                src: vec![Acc::default(); ns],
-                cell: vec![Acc::default(); ns * ng],
-                ..Default::default()
-            };
-            if let Some(r) = tiled {
-                // the source and cell sums as `Sums4` (the prompt counts apart): the same
-                // additions in the same order as `Pass1::add`, in fewer instructions
-                let mut src = vec![Sums4::default(); ns];
-                let mut cell = vec![Sums4::default(); ns * ng];
-                let (sid, gid) = (&sid[q_start..q_end], &gid[q_start..q_end]);
-                let unl = &mut part.unl;
-                part.bad = tiles::sums(&r[q_start * g..q_end * g], g, &sp, tst, &mut |q0, n, ts| {
-                    let (sid, gid) = (&sid[q0..q0 + n], &gid[q0..q0 + n]);
-                    for (l, c) in cells[q0..q0 + n].iter_mut().enumerate() {
-                        let v = [ts.sum[l], ts.cnt[l], ts.ssum[l], ts.ssq[l]];
-                        let s = sid[l] as usize;
-                        src[s].add(&v);
-                        *c = if gid[l] >= 0 {
-                            let k = s * ng + gid[l] as usize;
-                            cell[k].add(&v);
-                            k as u32
-                        } else {
-                            let a = Acc { n: 1.0, rsum: v[0], rcnt: v[1], ssum: v[2], ssq: v[3] };
-                            unl.push(((q_start + q0 + l) as u32, a));
-                            u32::MAX
-                        };
-                    }
-                })
-                .map(|i| q_start * g + i);
-                part.src = src.iter().map(Sums4::acc).collect();
-                part.cell = cell.iter().map(Sums4::acc).collect();
-                return part;
-            }
-            simd(|| {
-                let mut b = BlockScorer::new(g, cfg.scale, bstd, cfg.score_eps);
-                for q0 in (q_start..q_end).step_by(L) {
-                    let np = L.min(q_end - q0);
-                    let rb = &rewards[q0 * g..(q0 + np) * g];
-                    b.load(rb, np);
-                    if b.infinite && part.bad.is_none() {
-                        part.bad = rb.iter().position(|v| !v.is_finite() && !v.is_nan()).map(|i| q0 * g + i);
-                    }
-                    let (mut ssum, mut ssq) = ([0.0f64; L], [0.0f64; L]);
-                    for srow in b.s.chunks_exact(L) {
-                        for l in 0..L {
-                            ssum[l] += srow[l];
-                            ssq[l] += srow[l] * srow[l];
-                        }
-                    }
-                    for l in 0..np {
-                        let q = q0 + l;
-                        ps[q - q_start] = (b.mean[l], b.inv[l]);
-                        let a = Acc { n: 1.0, rsum: b.sum[l], rcnt: b.cnt[l], ssum: ssum[l], ssq: ssq[l] };
-                        cells[q - q_start] = part.add(q, sid[q], gid[q], ng, a);
-                    }
-                }
-            });
-            part
-        });
-        drop(pieces);
-        if let Some(i) = parts.iter().find_map(|pt| pt.bad) {
+        if let Some(i) = bad {
             return Err(infinite_reward(i));
-        }
-        let mut src_acc = vec![Acc::default(); ns];
-        let mut cell_acc = vec![Acc::default(); ns * ng];
-        let mut unl: Vec<(u32, Acc)> = Vec::new();
-        for pt in parts {
-            for (a, b) in src_acc.iter_mut().zip(&pt.src) {
-                a.add(b);
-            }
-            for (a, b) in cell_acc.iter_mut().zip(&pt.cell) {
-                a.add(b);
-            }
-            unl.extend(pt.unl);
         }
 
         // --- commit labels, grow tables; step 2: running statistics ---
@@ -578,7 +628,7 @@ impl FairAdvantage {
         // --- pass 2: write the advantages, weights and clusters; gradient mass per cell ---
         let tiled_out = T::as_f32_mut(out).filter(|_| tiled.is_some());
         let per_out = PROMPTS_PER_CHUNK * g;
-        let masses = if let (Some(r), Some(o)) = (tiled, tiled_out) {
+        let masses = if let Some(o) = tiled_out {
             let mut pieces: Vec<_> = o
                 .chunks_mut(per_out)
                 .zip(weights.chunks_mut(PROMPTS_PER_CHUNK))
@@ -588,10 +638,10 @@ impl FairAdvantage {
                 let ((o, w), cl) = &mut piece[0];
                 let q0 = ci * PROMPTS_PER_CHUNK;
                 let cells = &cell[q0..q0 + w.len()];
-                let st = &tstat[2 * q0..2 * q0 + tiles::stat_len(w.len())];
+                let st = &tscore[q0 * g..q0 * g + tiles::scores_len(w.len(), g)];
                 let mut mass = vec![0.0f64; n_cells];
                 let wt = CellWeights { cells, mult: &mult, shift, scale: inv_denom };
-                tiles::weighted(&r[q0 * g..(q0 + w.len()) * g], g, st, &wt, o, &mut mass);
+                tiles::weighted(st, g, &wt, o, &mut mass);
                 write_cells(cells, &cell_w, &cell_cluster, w, cl);
                 mass
             })
@@ -702,6 +752,16 @@ impl FairAdvantage {
     }
 }
 
+fn unknown_source(i: usize) -> CoreError {
+    CoreError::value(
+        "sources",
+        format!(
+            "entry {i} is unknown (None or -1); every prompt needs a data source \
+             (use one name for all if there is only one)"
+        ),
+    )
+}
+
 /// Per prompt of a chunk: the weight and the cluster (-1 for a labelled group) of its cell.
 fn write_cells(cells: &[u32], cell_w: &[f64], cell_cluster: &[i64], w: &mut [f64], cl: &mut [i64]) {
     for ((&c, w), cl) in cells.iter().zip(w).zip(cl) {
@@ -765,6 +825,10 @@ struct Pass1 {
     unl: Vec<(u32, Acc)>,
     /// First infinite reward.
     bad: Option<usize>,
+    /// Some label of the chunk is not in the label maps yet (the chunk was not summed).
+    new_label: bool,
+    /// First prompt of the chunk without a source (the chunk was not summed).
+    no_source: Option<usize>,
 }
 
 impl Pass1 {

@@ -194,20 +194,25 @@ impl LabelMap {
     /// large): the caller then takes the sequential path.
     fn lookup_known(&self, v: &[i64], out: &mut [i32], threads: usize) -> bool {
         const C: usize = 1 << 16;
-        let small = &self.small;
-        let ok = crate::pool::map_chunks_mut(out, C, threads, |c, o| {
-            crate::pool::simd(|| {
-                let mut ok = true;
-                for (o, &i) in o.iter_mut().zip(&v[c * C..]) {
-                    let id = small.get(i as usize).copied().unwrap_or(u32::MAX);
-                    let unknown = i == -1;
-                    ok &= unknown | (id != u32::MAX);
-                    *o = if unknown { -1 } else { id as i32 };
-                }
-                ok
-            })
-        });
+        let ok = crate::pool::map_chunks_mut(out, C, threads, |c, o| self.lookup_small(&v[c * C..], o));
         ok.iter().all(|&b| b)
+    }
+
+    /// The ids of `v[..out.len()]` (-1 stays -1) when every label is already in the
+    /// small-integer table, as [`LabelMap::map_into`] would give them; false (with `out`
+    /// partly written) otherwise: then `map_into` must map the batch.
+    pub fn lookup_small(&self, v: &[i64], out: &mut [i32]) -> bool {
+        let small = &self.small;
+        crate::pool::simd(|| {
+            let mut ok = true;
+            for (o, &i) in out.iter_mut().zip(v) {
+                let id = small.get(i as usize).copied().unwrap_or(u32::MAX);
+                let unknown = i == -1;
+                ok &= unknown | (id != u32::MAX);
+                *o = if unknown { -1 } else { id as i32 };
+            }
+            ok
+        })
     }
 
     pub fn name(&self, id: u32) -> String {

@@ -105,15 +105,16 @@ pub fn scores(r: &[f32], g: usize, p: &ScoreParams, out: &mut [f32]) -> Option<u
     unreachable!()
 }
 
-/// Length of the per-prompt statistics of `n` prompts (see [`sums`]).
-pub fn stat_len(n: usize) -> usize {
-    n.div_ceil(TILE) * 2 * TILE
+/// Length of the tiled scores of `n` prompts of `g` rollouts (see [`sums`]).
+pub fn scores_len(n: usize, g: usize) -> usize {
+    n.div_ceil(TILE) * TILE * g
 }
 
 /// Pass 1: moments and score sums of the prompts of `r`, handed to `f` one tile at a time
 /// as `f(first prompt, prompts in the tile, sums)`; returns the index in `r` of the first
-/// infinite reward, if any. Each tile's means and inverse scales go to `stat` (16 of each
-/// per tile, [`stat_len`] in all), for [`weighted`] to reuse.
+/// infinite reward, if any. The scores, rounded to f32, go to `sc` tile by tile
+/// ([`scores_len`] in all): 16 values per rollout i (one per prompt of the tile), NaN where
+/// the reward is NaN, for [`weighted`] to reuse.
 ///
 /// # Panics
 /// If `supports(g)` is false, or the lengths do not match.
@@ -121,33 +122,32 @@ pub fn sums(
     r: &[f32],
     g: usize,
     p: &ScoreParams,
-    stat: &mut [f64],
+    sc: &mut [f32],
     f: &mut dyn FnMut(usize, usize, &TileSums),
 ) -> Option<usize> {
-    assert!(supports(g) && r.len().is_multiple_of(g) && stat.len() == stat_len(r.len() / g));
+    assert!(supports(g) && r.len().is_multiple_of(g) && sc.len() == scores_len(r.len() / g, g));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `supports` checked AVX-512F; the lengths are checked above.
     unsafe {
-        by_size!(g, sums_k::<G>(r, p, stat, f))
+        by_size!(g, sums_k::<G>(r, p, sc, f))
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!()
 }
 
-/// Pass 2: the weighted, renormalised advantages of the prompts of `r` into `out`
-/// (exactly [`crate::blocks::write_prompt_scores`] per prompt, with the prompt's own mean
-/// and inverse scale as [`sums`] left them in `stat`); adds each prompt's |A| to
-/// `mass[cell]`, in prompt order. The rewards must be free of infinities (pass 1 checks).
+/// Pass 2: the weighted, renormalised advantages of the prompts whose scores [`sums`] left
+/// in `sc` into `out` (exactly [`crate::blocks::write_prompt_scores`] per prompt); adds
+/// each prompt's |A| to `mass[cell]`, in prompt order. The rewards must be free of
+/// infinities (pass 1 checks).
 ///
 /// # Panics
 /// If `supports(g)` is false, or the lengths do not match.
-pub fn weighted(r: &[f32], g: usize, stat: &[f64], w: &CellWeights<'_>, out: &mut [f32], mass: &mut [f64]) {
-    assert!(supports(g) && r.len() == out.len() && r.len() == w.cells.len() * g);
-    assert!(stat.len() == stat_len(w.cells.len()));
+pub fn weighted(sc: &[f32], g: usize, w: &CellWeights<'_>, out: &mut [f32], mass: &mut [f64]) {
+    assert!(supports(g) && out.len() == w.cells.len() * g && sc.len() == scores_len(w.cells.len(), g));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `supports` checked AVX-512F; the lengths are checked above.
     unsafe {
-        by_size!(g, weighted_k::<G>(r, stat, w, out, mass))
+        by_size!(g, weighted_k::<G>(sc, w, out, mass))
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!()
@@ -190,6 +190,9 @@ mod imp {
         /// No NaN reward and a finite inverse scale in the tile: no score can be NaN, so
         /// the NaN -> 0 steps may be skipped.
         clean: [bool; BATCH],
+        /// `x` holds the rewards minus the mean (as [`Batch::scale`] computed them for the
+        /// standard deviation), not the rewards.
+        centred: [bool; BATCH],
         pad: Buf,
     }
 
@@ -210,6 +213,7 @@ mod imp {
                 mean: [[z; 2]; BATCH],
                 inv: [[z; 2]; BATCH],
                 clean: [false; BATCH],
+                centred: [false; BATCH],
                 pad: Buf::new(),
             }
         }
@@ -278,46 +282,8 @@ mod imp {
             }
             self.sum[b] = sum;
             self.cnt[b] = cnt;
+            self.centred[b] = false;
             finite != 0xffff
-        }
-
-        /// Loads `n <= 16` prompts at `r` into tile b as [`Batch::load`] does, and takes
-        /// their means and inverse scales from `st` (as [`Batch::save`] wrote them)
-        /// instead of computing them.
-        #[inline(always)]
-        unsafe fn reload(&mut self, b: usize, r: &[f32], n: usize, st: &[f64]) {
-            let xt = self.columns(r, n);
-            let mut all: __mmask16 = 0xffff;
-            for (i, &v) in xt.iter().enumerate() {
-                let ok = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v);
-                all &= ok;
-                self.x[b][i] = [
-                    _mm512_cvtps_pd(_mm512_castps512_ps256(v)),
-                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))),
-                ];
-                self.ok[b][i] = ok;
-            }
-            assert!(st.len() >= 2 * TILE);
-            let inf = _mm512_set1_pd(f64::INFINITY);
-            let mut fin = 0u16;
-            for h in 0..2 {
-                self.mean[b][h] = _mm512_loadu_pd(st.as_ptr().add(8 * h));
-                let inv = _mm512_loadu_pd(st.as_ptr().add(TILE + 8 * h));
-                self.inv[b][h] = inv;
-                fin |= (_mm512_cmp_pd_mask::<_CMP_LT_OQ>(_mm512_abs_pd(inv), inf) as u16) << (8 * h);
-            }
-            // as `load` then `scale`: no NaN reward and finite inverse scales
-            self.clean[b] = all == 0xffff && fin == 0xffff;
-        }
-
-        /// Tile b's means and inverse scales into `st` (16 of each).
-        #[inline(always)]
-        unsafe fn save(&self, b: usize, st: &mut [f64]) {
-            assert!(st.len() >= 2 * TILE);
-            for h in 0..2 {
-                _mm512_storeu_pd(st.as_mut_ptr().add(8 * h), self.mean[b][h]);
-                _mm512_storeu_pd(st.as_mut_ptr().add(TILE + 8 * h), self.inv[b][h]);
-            }
         }
 
         /// The inverse scale of tile b, as [`crate::advantages::inv_scale`].
@@ -333,6 +299,8 @@ mod imp {
                         let e = _mm512_sub_pd(self.x[b][i][h], mean);
                         // `ss += nan ? 0 : e * e`, as the sum above
                         ss = _mm512_mask_add_pd(ss, half(self.ok[b][i], h), ss, _mm512_mul_pd(e, e));
+                        // the score's `x - mean` is the same difference
+                        self.x[b][i][h] = e;
                     }
                     let cnt = self.cnt[b][h];
                     let two = _mm512_cmp_pd_mask::<_CMP_GT_OQ>(cnt, one);
@@ -348,6 +316,7 @@ mod imp {
                     let fin = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(_mm512_abs_pd(self.inv[b][h]), inf);
                     self.clean[b] &= fin == 0xff;
                 }
+                self.centred[b] = true;
                 return;
             };
             self.inv[b] = [_mm512_set1_pd(c); 2];
@@ -358,7 +327,12 @@ mod imp {
         /// and back as f64. `CLEAN`: the tile is clean (no NaN to map).
         #[inline(always)]
         unsafe fn score<const CLEAN: bool>(&self, b: usize, i: usize, h: usize) -> (__m256, __m512d) {
-            let a = _mm512_mul_pd(_mm512_sub_pd(self.x[b][i][h], self.mean[b][h]), self.inv[b][h]);
+            let e = if self.centred[b] {
+                self.x[b][i][h]
+            } else {
+                _mm512_sub_pd(self.x[b][i][h], self.mean[b][h])
+            };
+            let a = _mm512_mul_pd(e, self.inv[b][h]);
             let a = if CLEAN { a } else { _mm512_maskz_mov_pd(_mm512_cmp_pd_mask::<_CMP_ORD_Q>(a, a), a) };
             let a32 = _mm512_cvtpd_ps(a);
             (a32, _mm512_cvtps_pd(a32))
@@ -401,27 +375,6 @@ mod imp {
             }
         }
         bad
-    }
-
-    /// As [`run`], with each tile's means and inverse scales read from `stat` (as
-    /// [`sums_k`] saved them) instead of computed. The rewards are known to be finite.
-    #[inline(always)]
-    unsafe fn run_saved<const G: usize>(
-        r: &[f32],
-        stat: &[f64],
-        mut each: impl FnMut(&Batch<G>, usize, usize, usize),
-    ) {
-        let np = r.len() / G;
-        let mut bt = Batch::<G>::new();
-        for q0 in (0..np).step_by(TILE * BATCH) {
-            let nt = (np - q0).div_ceil(TILE).min(BATCH);
-            for b in 0..nt {
-                let q = q0 + b * TILE;
-                let n = TILE.min(np - q);
-                bt.reload(b, &r[q * G..(q + n) * G], n, &stat[2 * q..2 * q + 2 * TILE]);
-                each(&bt, b, q, n);
-            }
-        }
     }
 
     /// Row i of `buf` = the two f32 halves.
@@ -469,102 +422,163 @@ mod imp {
         })
     }
 
+    /// The two f32 halves as one vector.
+    #[inline(always)]
+    unsafe fn join(lo: __m256, hi: __m256) -> __m512 {
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+            _mm256_castps_pd(hi),
+        ))
+    }
+
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn sums_k<const G: usize>(
         r: &[f32],
         p: &ScoreParams,
-        stat: &mut [f64],
+        sc: &mut [f32],
         f: &mut dyn FnMut(usize, usize, &TileSums),
     ) -> Option<usize> {
+        /// The tile's sums into `ts`, its scores (NaN for a NaN reward) to `out` (G x 16).
         #[inline(always)]
-        unsafe fn tile<const G: usize, const CLEAN: bool>(bt: &Batch<G>, b: usize, ts: &mut TileSums) {
-            for h in 0..2 {
-                let (mut ssum, mut ssq) = (_mm512_setzero_pd(), _mm512_setzero_pd());
-                for i in 0..G {
-                    let v = bt.score::<CLEAN>(b, i, h).1;
-                    ssum = _mm512_add_pd(ssum, v);
-                    ssq = _mm512_add_pd(ssq, _mm512_mul_pd(v, v));
+        unsafe fn tile<const G: usize, const CLEAN: bool>(
+            bt: &Batch<G>,
+            b: usize,
+            ts: &mut TileSums,
+            out: &mut [f32],
+        ) {
+            assert!(out.len() >= G * TILE);
+            let nan = _mm512_set1_ps(f32::NAN);
+            let (mut ssum, mut ssq) = ([_mm512_setzero_pd(); 2], [_mm512_setzero_pd(); 2]);
+            for i in 0..G {
+                let mut s32 = [_mm256_setzero_ps(); 2];
+                for h in 0..2 {
+                    let (a32, v) = bt.score::<CLEAN>(b, i, h);
+                    ssum[h] = _mm512_add_pd(ssum[h], v);
+                    ssq[h] = _mm512_add_pd(ssq[h], _mm512_mul_pd(v, v));
+                    s32[h] = a32;
                 }
+                let row = join(s32[0], s32[1]);
+                let row = if CLEAN { row } else { _mm512_mask_mov_ps(nan, bt.ok[b][i], row) };
+                _mm512_storeu_ps(out.as_mut_ptr().add(i * TILE), row);
+            }
+            for h in 0..2 {
                 _mm512_storeu_pd(ts.sum.as_mut_ptr().add(8 * h), bt.sum[b][h]);
                 _mm512_storeu_pd(ts.cnt.as_mut_ptr().add(8 * h), bt.cnt[b][h]);
-                _mm512_storeu_pd(ts.ssum.as_mut_ptr().add(8 * h), ssum);
-                _mm512_storeu_pd(ts.ssq.as_mut_ptr().add(8 * h), ssq);
+                _mm512_storeu_pd(ts.ssum.as_mut_ptr().add(8 * h), ssum[h]);
+                _mm512_storeu_pd(ts.ssq.as_mut_ptr().add(8 * h), ssq[h]);
             }
         }
         let mut ts = TileSums::default();
         run::<G>(r, p, |bt, b, q, n| {
+            let out = &mut sc[q * G..(q + TILE) * G];
             if bt.clean[b] {
-                tile::<G, true>(bt, b, &mut ts);
+                tile::<G, true>(bt, b, &mut ts, out);
             } else {
-                tile::<G, false>(bt, b, &mut ts);
+                tile::<G, false>(bt, b, &mut ts, out);
             }
-            bt.save(b, &mut stat[2 * q..2 * q + 2 * TILE]);
             f(q, n, &ts);
         })
     }
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn weighted_k<const G: usize>(
-        r: &[f32],
-        stat: &[f64],
+        sc: &[f32],
         w: &CellWeights<'_>,
         out: &mut [f32],
         mass: &mut [f64],
     ) {
-        /// The tile's advantages into `buf`, its prompts' |A| sums into `lane_mass`.
+        /// The advantages of the tile whose scores are at `s` into `buf`, its prompts' |A|
+        /// sums into `lane_mass`. `CLEAN`: no NaN score (reward); `SAFE`: no product of a
+        /// score and a multiplier can overflow.
         #[inline(always)]
-        unsafe fn tile<const G: usize, const CLEAN: bool>(
-            bt: &Batch<G>,
-            b: usize,
+        unsafe fn tile<const G: usize, const CLEAN: bool, const SAFE: bool>(
+            s: &[f32],
             mult: &[f64; TILE],
             shift: f64,
             scale: f64,
             buf: &mut Buf,
             lane_mass: &mut [f64; TILE],
         ) {
+            assert!(s.len() >= G * TILE);
             let inf = _mm512_set1_pd(f64::INFINITY);
             let (shift, scale) = (_mm512_set1_pd(shift), _mm512_set1_pd(scale));
-            let mut res = [[_mm256_setzero_ps(); 2]; G];
-            for h in 0..2 {
-                let m = _mm512_loadu_pd(mult.as_ptr().add(8 * h));
-                let mut part = [_mm512_setzero_pd(); 4];
-                for (i, row) in res.iter_mut().enumerate() {
-                    let sc = bt.score::<CLEAN>(b, i, h).1;
-                    let a = _mm512_mul_pd(sc, m);
-                    let finite = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(_mm512_abs_pd(a), inf);
-                    let a = _mm512_mask_mov_pd(sc, finite, a);
+            let m = [_mm512_loadu_pd(mult.as_ptr()), _mm512_loadu_pd(mult.as_ptr().add(8))];
+            let mut part = [[_mm512_setzero_pd(); 2]; 4];
+            for i in 0..G {
+                let row = _mm512_loadu_ps(s.as_ptr().add(i * TILE));
+                // a NaN score marks a NaN reward: its score counts as 0, its advantage is 0
+                let ok = if CLEAN { 0xffff } else { _mm512_cmp_ps_mask::<_CMP_ORD_Q>(row, row) };
+                let row = if CLEAN { row } else { _mm512_maskz_mov_ps(ok, row) };
+                let sc = [
+                    _mm512_cvtps_pd(_mm512_castps512_ps256(row)),
+                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(row)))),
+                ];
+                let mut a32 = [_mm256_setzero_ps(); 2];
+                for h in 0..2 {
+                    let a = _mm512_mul_pd(sc[h], m[h]);
+                    let a = if SAFE {
+                        a
+                    } else {
+                        let finite = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(_mm512_abs_pd(a), inf);
+                        _mm512_mask_mov_pd(sc[h], finite, a)
+                    };
                     let a = _mm512_mul_pd(_mm512_sub_pd(a, shift), scale);
-                    // a NaN reward gets 0
-                    let a = if CLEAN { a } else { _mm512_maskz_mov_pd(half(bt.ok[b][i], h), a) };
-                    let a32 = _mm512_cvtpd_ps(a);
-                    part[i & 3] = _mm512_add_pd(part[i & 3], _mm512_abs_pd(_mm512_cvtps_pd(a32)));
-                    row[h] = a32;
+                    let a = if CLEAN { a } else { _mm512_maskz_mov_pd(half(ok, h), a) };
+                    a32[h] = _mm512_cvtpd_ps(a);
                 }
-                let tot = _mm512_add_pd(_mm512_add_pd(part[0], part[1]), _mm512_add_pd(part[2], part[3]));
-                _mm512_storeu_pd(lane_mass.as_mut_ptr().add(8 * h), tot);
+                let v = join(a32[0], a32[1]);
+                _mm512_store_ps(buf.0.as_mut_ptr().add(i * TILE), v);
+                let av = _mm512_abs_ps(v);
+                let am = [
+                    _mm512_cvtps_pd(_mm512_castps512_ps256(av)),
+                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(av)))),
+                ];
+                for (p, a) in part[i & 3].iter_mut().zip(am) {
+                    *p = _mm512_add_pd(*p, a);
+                }
             }
-            for (i, v) in res.iter().enumerate() {
-                put(buf, i, v[0], v[1]);
+            for (h, lm) in lane_mass.chunks_exact_mut(8).enumerate() {
+                let tot = _mm512_add_pd(
+                    _mm512_add_pd(part[0][h], part[1][h]),
+                    _mm512_add_pd(part[2][h], part[3][h]),
+                );
+                _mm512_storeu_pd(lm.as_mut_ptr(), tot);
             }
         }
+        /// Multipliers up to this size times any finite f32 stay finite.
+        const SAFE_MULT: f64 = 1e250;
+        let np = w.cells.len();
         let mut buf = Buf::new();
         let mut mult = [1.0f64; TILE];
         let mut lane_mass = [0.0f64; TILE];
-        run_saved::<G>(r, stat, |bt, b, q, n| {
+        let safe_all = w.mult.iter().all(|m| m.abs() <= SAFE_MULT);
+        for q in (0..np).step_by(TILE) {
+            let n = TILE.min(np - q);
             let cells = &w.cells[q..q + n];
             for (m, &c) in mult.iter_mut().zip(cells) {
                 *m = w.mult[c as usize];
             }
-            if bt.clean[b] {
-                tile::<G, true>(bt, b, &mult, w.shift, w.scale, &mut buf, &mut lane_mass);
-            } else {
-                tile::<G, false>(bt, b, &mult, w.shift, w.scale, &mut buf, &mut lane_mass);
+            let s = &sc[q * G..(q + TILE) * G];
+            // the padded lanes of a last partial tile hold zeros or stale scores: their
+            // results are not stored
+            let clean = (0..G).all(|i| {
+                let row = _mm512_loadu_ps(s.as_ptr().add(i * TILE));
+                _mm512_cmp_ps_mask::<_CMP_ORD_Q>(row, row) == 0xffff
+            });
+            let safe = safe_all || mult.iter().all(|m| m.abs() <= SAFE_MULT);
+            match (clean, safe) {
+                (true, true) => tile::<G, true, true>(s, &mult, w.shift, w.scale, &mut buf, &mut lane_mass),
+                (true, false) => tile::<G, true, false>(s, &mult, w.shift, w.scale, &mut buf, &mut lane_mass),
+                (false, true) => tile::<G, false, true>(s, &mult, w.shift, w.scale, &mut buf, &mut lane_mass),
+                (false, false) => {
+                    tile::<G, false, false>(s, &mult, w.shift, w.scale, &mut buf, &mut lane_mass)
+                }
             }
             store::<G>(&buf, &mut out[q * G..(q + n) * G], n);
             for (&c, &m) in cells.iter().zip(&lane_mass) {
                 mass[c as usize] += m;
             }
-        });
+        }
     }
 }
 
@@ -636,8 +650,8 @@ mod tests {
                         want_sums.push((m.sum, m.count as f64, ssum, ssq, m.mean, inv));
                     }
                     let mut seen = 0;
-                    let mut stat = vec![f64::NAN; stat_len(np)];
-                    sums(&r, g, &p, &mut stat, &mut |q, n, ts| {
+                    let mut sc = vec![f32::NAN; scores_len(np, g)];
+                    sums(&r, g, &p, &mut sc, &mut |q, n, ts| {
                         for l in 0..n {
                             let w = want_sums[q + l];
                             let got = (ts.sum[l], ts.cnt[l], ts.ssum[l], ts.ssq[l]);
@@ -654,7 +668,7 @@ mod tests {
                     let mult = [0.7, 1.3, 1e308];
                     let wt = CellWeights { cells: &cells, mult: &mult, shift: 0.01, scale: 1.7 };
                     let mut mass = vec![0.0; 3];
-                    weighted(&r, g, &stat, &wt, &mut out, &mut mass);
+                    weighted(&sc, g, &wt, &mut out, &mut mass);
                     let mut want_mass = [0.0f64; 3];
                     let mut want = vec![0.0f32; g];
                     for (q, rq) in r.chunks_exact(g).enumerate() {
@@ -684,11 +698,11 @@ mod tests {
         let p = ScoreParams::new(Scale::Group, 0.0, 1e-4, 4);
         let mut out = vec![0.0; r.len()];
         assert_eq!(scores(&r, 4, &p, &mut out), Some(83));
-        let mut stat = vec![0.0; stat_len(37)];
-        assert_eq!(sums(&r, 4, &p, &mut stat, &mut |_, _, _| {}), Some(83));
+        let mut sc = vec![0.0; scores_len(37, 4)];
+        assert_eq!(sums(&r, 4, &p, &mut sc, &mut |_, _, _| {}), Some(83));
         assert_eq!(scores(&r[4 * 32..], 4, &p, &mut out[4 * 32..]), Some(12));
         // +inf and -inf in one prompt (its sum is NaN)
         r[4 * 20 + 1] = f32::INFINITY;
-        assert_eq!(sums(&r, 4, &p, &mut stat, &mut |_, _, _| {}), Some(81));
+        assert_eq!(sums(&r, 4, &p, &mut sc, &mut |_, _, _| {}), Some(81));
     }
 }

@@ -1,0 +1,39 @@
+//! Times FairAdvantage("robust") steps on binary f32 rewards, 4 sources x 8 groups, all
+//! prompts labelled: `cargo run --release --example fair_probe -- PROMPTS REPS THREADS`.
+use _core::config::FairConfig;
+use _core::fair::FairAdvantage;
+use _core::labels::Labels;
+use _core::rng::SplitMix64;
+use std::time::Instant;
+
+fn main() {
+    let a: Vec<usize> = std::env::args().skip(1).map(|s| s.parse().unwrap()).collect();
+    let (p, reps, threads) = (
+        a.first().copied().unwrap_or(1_000_000),
+        a.get(1).copied().unwrap_or(20),
+        a.get(2).copied().unwrap_or(1),
+    );
+    let g = 10;
+    let mut rng = SplitMix64::new(2);
+    let r: Vec<f32> = (0..p * g).map(|_| (rng.uniform() < 0.6) as u8 as f32).collect();
+    let src: Vec<i64> = (0..p).map(|_| rng.below(4) as i64).collect();
+    let grp: Vec<i64> = (0..p).map(|_| rng.below(8) as i64).collect();
+    let mut out = vec![0.0f32; p * g];
+    let (mut w, mut c) = (vec![0.0f64; p], vec![0i64; p]);
+    let cfg = FairConfig { n_threads: Some(threads), ..FairConfig::robust() };
+    let mut fa = FairAdvantage::new(cfg).unwrap();
+    let mut ts = Vec::new();
+    for _ in 0..reps + 1 {
+        let t0 = Instant::now();
+        fa.step_into(&r, g, Labels::Ints(&src), Labels::Ints(&grp), Labels::Absent, &mut out, &mut w, &mut c)
+            .unwrap();
+        ts.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    ts.remove(0);
+    ts.sort_by(f64::total_cmp);
+    println!(
+        "p {p} threads {threads}: median {:.3} ms, {:.2} ns/prompt",
+        ts[ts.len() / 2],
+        ts[ts.len() / 2] * 1e6 / p as f64
+    );
+}
