@@ -110,12 +110,12 @@ def setup_lloyd(spec: dict[str, Any]) -> Runner:
     x = np.load(spec["x"])
     c = np.load(spec["init"])
     k, m = c.shape[0], int(spec["max_iter"])
-    impl = spec["impl"]
+    impl, algorithm = spec["impl"], spec.get("algorithm", "lloyd")
     if impl == "ours":
         import fairgrpo
 
         def run() -> dict[str, Any]:
-            t, res = _timed(lambda: fairgrpo.kmeans(x, k, init=c, max_iter=m, tol=0.0))
+            t, res = _timed(lambda: fairgrpo.kmeans(x, k, init=c, max_iter=m, tol=0.0, algorithm=algorithm))
             return _done(
                 t=t, n_iter=res.n_iter, inertia=res.inertia, centres=np.asarray(res.centroids).tolist()
             )
@@ -124,7 +124,7 @@ def setup_lloyd(spec: dict[str, Any]) -> Runner:
         from sklearn.cluster import KMeans
 
         def run() -> dict[str, Any]:
-            km = KMeans(n_clusters=k, init=c, n_init=1, max_iter=m, tol=0.0, algorithm="lloyd")
+            km = KMeans(n_clusters=k, init=c, n_init=1, max_iter=m, tol=0.0, algorithm=algorithm)
             t, _ = _timed(lambda: km.fit(x))
             cen = km.cluster_centers_.tolist()
             return _done(t=t, n_iter=int(km.n_iter_), inertia=float(km.inertia_), centres=cen)
