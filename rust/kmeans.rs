@@ -7,6 +7,14 @@
 //!   rows; a centre that gets no row keeps its previous position (the empty-cluster rule).
 //!   The per-centre sums are blocked (`kernels.rs`): partial sums in the input precision
 //!   over 16 rows per lane, widened into f64 lane sums every 256 rows;
+//! - with [`Algorithm::Hamerly`] every iteration's labels are the same as with
+//!   [`Algorithm::Lloyd`] from the same centres (`hamerly.rs` skips only rows whose
+//!   computed nearest centre cannot have changed), but after the first (full, blocked)
+//!   iteration the per-centre sums are updated rather than re-summed: per chunk, the rows
+//!   that changed centre, in row order, add their f64 values to the new centre's delta and
+//!   subtract them from the old one's; the chunk deltas are combined in chunk order and
+//!   added to the sums, and a centre left with no row has its sum reset to zero. A last
+//!   full pass gives the inertia;
 //! - iteration stops when no label changed (strict convergence), when the summed squared
 //!   centre shift is at most `tol * mean(var(x, axis=0))` (scikit-learn's rule), or after
 //!   `max_iter` iterations; unless strictly converged, a last pass relabels every row

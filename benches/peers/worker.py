@@ -354,6 +354,10 @@ def setup_identity(spec: dict[str, Any]) -> Runner:
         for tag, xx in (("", x), (" (even chunks)", xe)):
             km = fairgrpo.kmeans(xx, 3, seed=0, max_iter=50, n_threads=nt)
             out["kmeans" + tag] = _h(km.labels, km.centroids, np.float64(km.inertia), np.int64(km.n_iter))
+            km = fairgrpo.kmeans(xx, 3, seed=0, max_iter=50, algorithm="hamerly", n_threads=nt)
+            out["kmeans hamerly" + tag] = _h(
+                km.labels, km.centroids, np.float64(km.inertia), np.int64(km.n_iter)
+            )
             out["kmeans_plusplus" + tag] = _h(fairgrpo.kmeans_plusplus(xx, 8, seed=0, n_threads=nt))
         kk, res = fairgrpo.select_k(np.sort(pool[:100_000], axis=1), 3, n_threads=nt)
         out["select_k"] = _h(np.int64(kk), res.labels, res.centroids)
