@@ -3,7 +3,8 @@
     RAYON_NUM_THREADS=2 perf record -g -o perf.data python benches/profile_ours.py lloyd 20
     perf report -i perf.data --no-children --sort dso,symbol
 
-Workloads: ``lloyd`` (n=1e6, d=10, k=3, to convergence), ``kpp`` (k-means++ on the same data),
+Workloads: ``lloyd`` (n=1e6, d=10, k=3, to convergence), ``hamerly`` (the same with
+``algorithm="hamerly"``), ``kpp`` (k-means++ on the same data),
 ``gadv`` (group_advantages, N=1e7), ``fair`` (FairAdvantage("robust"), N=1e7, 4x8 groups),
 ``gadv-out`` / ``fair-out`` (the same writing into one reused output buffer, ``out=``),
 ``refit`` / ``incremental`` (the implicit-group step of 1000 prompts on a 1e6-prompt history).
@@ -27,11 +28,11 @@ from compare import make_blobs, make_history, make_rollouts
 
 
 def workload(what: str, n: int) -> Any:
-    if what in ("lloyd", "kpp"):
+    if what in ("lloyd", "hamerly", "kpp"):
         x = make_blobs(1_000_000, 10, 3, seed=1003, spread=0.5)
         c = x[:3].astype(np.float64)
-        if what == "lloyd":
-            return lambda: fairgrpo.kmeans(x, 3, init=c, max_iter=50, tol=0)
+        if what in ("lloyd", "hamerly"):
+            return lambda: fairgrpo.kmeans(x, 3, init=c, max_iter=50, tol=0, algorithm=what)
         return lambda: fairgrpo.kmeans_plusplus(x, 3, seed=0)
     if what in ("gadv", "fair", "gadv-out", "fair-out"):
         r, s, g = make_rollouts(1_000_000, 10, 4, 8, seed=7)
