@@ -41,6 +41,16 @@ fn bench_kmeans(c: &mut Criterion) {
                     .unwrap()
             })
         });
+        // whole fits to convergence from the first k rows (throughput: one pass over x per
+        // fit); these blobs are well separated, so the fits take few iterations
+        for (name, algo) in [("lloyd_fit", Algorithm::Lloyd), ("hamerly_fit", Algorithm::Hamerly)] {
+            g.bench_function(format!("{name}/n={n}/d={d}/k={k}"), |b| {
+                b.iter(|| {
+                    lloyd(black_box(&x), d, init.clone(), 50, 0.0, algo, rayon::current_num_threads())
+                        .unwrap()
+                })
+            });
+        }
         g.bench_function(format!("kmeans_plusplus/n={n}/d={d}/k={k}"), |b| {
             b.iter(|| kmeans_plusplus(black_box(&x), d, k, 0, rayon::current_num_threads()).unwrap())
         });
