@@ -137,6 +137,8 @@ def kmeans(
             (usually most of them after a few iterations); each iteration gives the labels
             Lloyd's would from the same centres, and the centre sums are updated with the
             rows that moved, so the centres can differ from ``"lloyd"``'s in the last bits.
+            It pays off on fits that run many iterations (2-2.5x faster measured); a fit
+            that converges in two or three iterations costs about a quarter more.
         n_threads: threads; results are bitwise identical for any value.
 
     Returns:
