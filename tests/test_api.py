@@ -56,6 +56,12 @@ def test_two_d_rewards_and_torch_tensors():
         (lambda: kmeans(np.zeros((4, 2)), 2, init=np.zeros((3, 2))), fairgrpo.ShapeError, ["init"]),
         (lambda: kmeans(np.zeros((4, 2)), 2, init="random"), fairgrpo.OptionError, ["init", "random"]),
         (lambda: kmeans(np.zeros((4, 2)), 2, n_threads=0), fairgrpo.OptionError, ["n_threads"]),
+        (lambda: kmeans(np.zeros((4, 2)), 2, algorithm="elk"), fairgrpo.OptionError, ["algorithm", "elk"]),
+        (
+            lambda: fairgrpo._core.kmeans(np.zeros((4, 2)), 2, algorithm="x"),
+            fairgrpo.FairGRPOError,
+            ["algorithm"],
+        ),
         (lambda: select_k(np.zeros((4, 2)), k_max=0), fairgrpo.OptionError, ["k_max"]),
         (lambda: FairAdvantage(preset="fast"), fairgrpo.OptionError, ["preset", "fast"]),
         (lambda: FairAdvantage(temperature=2), fairgrpo.OptionError, ["temperature", "valid options"]),
