@@ -89,12 +89,21 @@ impl KMeansResult {
     }
 }
 
-fn to_py(py: Python<'_>, r: CoreResult, d: usize) -> PyResult<KMeansResult> {
+/// A fit with its labels widened to int64 (done with the GIL released, see [`widen`]).
+type Fit = (CoreResult, Vec<i64>);
+
+/// The labels as int64 (NumPy's default integer), computed off the GIL.
+fn widen(r: CoreResult) -> Fit {
+    let labels = r.labels.iter().map(|&v| v as i64).collect();
+    (r, labels)
+}
+
+fn to_py(py: Python<'_>, (r, labels): Fit, d: usize) -> PyResult<KMeansResult> {
     let k = r.centroids.len() / d;
     let centroids = Array2::from_shape_vec((k, d), r.centroids)
         .map_err(|e| super::errors::FairGRPOError::new_err(e.to_string()))?;
     Ok(KMeansResult {
-        labels: r.labels.into_iter().map(|v| v as i64).collect::<Vec<_>>().into_pyarray(py).unbind(),
+        labels: labels.into_pyarray(py).unbind(),
         centroids: centroids.into_pyarray(py).unbind(),
         sizes: r.sizes.into_iter().map(|v| v as i64).collect::<Vec<_>>().into_pyarray(py).unbind(),
         inertia: r.inertia,
@@ -151,11 +160,21 @@ pub fn kmeans_py(
     let (res, d) = match &x {
         Floats2::F32(a) => {
             let (xs, d) = data(a)?;
-            (detach(py, || core_kmeans::kmeans(xs, d, k, mk(), max_iter, tol, algorithm, threads))?, d)
+            (
+                detach(py, || {
+                    core_kmeans::kmeans(xs, d, k, mk(), max_iter, tol, algorithm, threads).map(widen)
+                })?,
+                d,
+            )
         }
         Floats2::F64(a) => {
             let (xs, d) = data(a)?;
-            (detach(py, || core_kmeans::kmeans(xs, d, k, mk(), max_iter, tol, algorithm, threads))?, d)
+            (
+                detach(py, || {
+                    core_kmeans::kmeans(xs, d, k, mk(), max_iter, tol, algorithm, threads).map(widen)
+                })?,
+                d,
+            )
         }
     };
     to_py(py, res, d)
@@ -206,14 +225,25 @@ pub fn select_k_py(
     let (s, d) = match &x {
         Floats2::F32(a) => {
             let (xs, d) = data(a)?;
-            (detach(py, || core_select::select_k(xs, d, &p, &[]))?, d)
+            (
+                detach(py, || {
+                    core_select::select_k(xs, d, &p, &[]).map(|s| (s.k, widen(s.result), s.inertias))
+                })?,
+                d,
+            )
         }
         Floats2::F64(a) => {
             let (xs, d) = data(a)?;
-            (detach(py, || core_select::select_k(xs, d, &p, &[]))?, d)
+            (
+                detach(py, || {
+                    core_select::select_k(xs, d, &p, &[]).map(|s| (s.k, widen(s.result), s.inertias))
+                })?,
+                d,
+            )
         }
     };
-    Ok((s.k, to_py(py, s.result, d)?, s.inertias))
+    let (k, fit, inertias) = s;
+    Ok((k, to_py(py, fit, d)?, inertias))
 }
 
 /// Adjusted Rand index of two labelings (int64 arrays of the same length).
