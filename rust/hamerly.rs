@@ -74,12 +74,14 @@ impl Slack {
         down_f32(m - 8.0 * f64::EPSILON * (lo + hi + self.gap + g.abs()))
     }
 
-    /// What one centre update adds to the cumulative drift: the two largest centre moves
-    /// (`drifts` are their squared lengths), widened like the margins.
-    pub(crate) fn drift(&self, drifts_sq: &[f64]) -> f64 {
+    /// What one centre update adds to the cumulative drift: the sum of the two largest
+    /// centre moves from `before` to `after` (`k * d` values each, in the input precision
+    /// the distances use), widened like the margins.
+    pub(crate) fn drift<T: Real>(&self, before: &[T], after: &[T], d: usize) -> f64 {
         let (mut a, mut b) = (0.0f64, 0.0f64);
-        for &v in drifts_sq {
-            let v = (v.sqrt() + 1e-300) * self.drift_rel;
+        for (c0, c1) in before.chunks_exact(d).zip(after.chunks_exact(d)) {
+            let sq: f64 = c0.iter().zip(c1).map(|(u, v)| (u.to_f64() - v.to_f64()).powi(2)).sum();
+            let v = (sq.sqrt() + 1e-300) * self.drift_rel;
             if v > a {
                 b = a;
                 a = v;
@@ -125,13 +127,11 @@ pub(crate) struct Delta {
     pub counts: Vec<i64>,
     /// Labels changed.
     pub changed: u64,
-    /// Rows whose distances were recomputed.
-    pub recomputed: u64,
 }
 
 impl Delta {
     fn new(k: usize, d: usize) -> Delta {
-        Delta { sums: vec![0.0; k * d], counts: vec![0; k], changed: 0, recomputed: 0 }
+        Delta { sums: vec![0.0; k * d], counts: vec![0; k], changed: 0 }
     }
 
     /// Adds `o` (the next chunk's share) to `self`.
@@ -143,7 +143,6 @@ impl Delta {
             *a += b;
         }
         self.changed += o.changed;
-        self.recomputed += o.recomputed;
     }
 }
 
@@ -164,13 +163,13 @@ pub(crate) fn bounded_pass<T: Real>(
     let k = centres.len() / d;
     let isa = Isa::detect();
     let gt = up_f32(g);
+    let near = Near { centres, d, g, slack, f32c: F32Slack::new(slack, g) };
     let parts = map_chunks_mut2(labels, margin, CHUNK, 1, threads, |ci, lab, mar| {
         let lo = ci * CHUNK;
         let xs = &x[lo * d..(lo + lab.len()) * d];
-        let near = Near { centres, d, g, slack, f32c: F32Slack::new(slack, g) };
         let mut delta = Delta::new(k, d);
         let mut moved = Vec::new();
-        delta.recomputed = near.run(isa, xs, gt, lab, mar, &mut moved);
+        near.run(isa, xs, gt, lab, mar, &mut moved);
         // the rows that changed centre, in row order
         moved.sort_unstable_by_key(|&(i, _)| i);
         delta.changed = moved.len() as u64;
@@ -512,8 +511,9 @@ mod tests {
 
     #[test]
     fn drift_takes_the_two_largest_moves() {
-        let s = Slack::new::<f64>(2);
-        let g = s.drift(&[1.0, 9.0, 4.0]);
+        let s = Slack::new::<f64>(1);
+        // moves of 1, 3 and 2
+        let g = s.drift(&[0.0f64, 0.0, 0.0], &[1.0, -3.0, 2.0], 1);
         assert!((5.0..5.0 * (1.0 + 1e-9)).contains(&g));
     }
 }

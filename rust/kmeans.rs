@@ -229,17 +229,19 @@ fn lloyd_trusted<T: Real>(
     let mut margin = if hamerly { vec![hamerly::UNMEASURED; n] } else { Vec::new() };
     let slack = hamerly::Slack::new::<T>(d);
     let mut drift = 0.0f64;
+    // the centres in the input precision, as the distances use them (Hamerly only)
     let to_t = |c: &[f64]| c.iter().map(|&v| T::from_f64(v)).collect::<Vec<T>>();
+    let mut ct = if hamerly { to_t(&centres) } else { Vec::new() };
     for it in 0..max_iter {
         n_iter = it + 1;
         let changed = if it == 0 || !hamerly {
-            let p = assign(x, d, &centres, &mut labels, threads, true);
+            let mut p = assign(x, d, &centres, &mut labels, threads, true);
+            sums = std::mem::take(&mut p.sums);
+            counts.clone_from(&p.counts);
             let changed = p.changed;
-            (sums, counts) = (p.sums.clone(), p.counts.clone());
             last = Some(p);
             changed
         } else {
-            let ct = to_t(&centres);
             let delta = hamerly::bounded_pass(x, d, &ct, &mut labels, &mut margin, drift, &slack, threads);
             for j in 0..k {
                 counts[j] = (counts[j] as i64 + delta.counts[j]) as u64;
@@ -254,7 +256,6 @@ fn lloyd_trusted<T: Real>(
             }
             delta.changed
         };
-        let before = if hamerly { to_t(&centres) } else { Vec::new() };
         let mut shift = 0.0;
         for j in 0..k {
             if counts[j] > 0 {
@@ -275,12 +276,8 @@ fn lloyd_trusted<T: Real>(
         }
         if hamerly {
             let after = to_t(&centres);
-            let moves: Vec<f64> = before
-                .chunks_exact(d)
-                .zip(after.chunks_exact(d))
-                .map(|(a, b)| a.iter().zip(b).map(|(u, v)| (u.to_f64() - v.to_f64()).powi(2)).sum())
-                .collect();
-            drift += slack.drift(&moves);
+            drift += slack.drift(&ct, &after, d);
+            ct = after;
         }
     }
     let p = match (strict && !hamerly, last) {
