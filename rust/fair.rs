@@ -22,7 +22,7 @@ use crate::metrics::{adjusted_rand_index, normalized_mutual_info};
 use crate::pool::{map_chunks_mut, resolve_threads, simd};
 use crate::real::Real;
 use crate::select_k::SelectKParams;
-use crate::tiles::{self, CellWeights, ScoreParams};
+use crate::tiles::{self, BinaryTable, CellWeights, ScoreParams, TILE};
 use serde::{Deserialize, Serialize};
 
 /// Prompts per chunk of the two passes.
@@ -95,8 +95,12 @@ struct Scratch {
     /// (mean, inverse scale) of each prompt, for the portable pass 2.
     pstat: Vec<(f64, f64)>,
     /// The scores for the tiles, in their layout ([`tiles::sums`] writes them,
-    /// [`tiles::weighted`] reads them).
+    /// [`tiles::weighted`] reads them), and which tiles hold 0/1 patterns instead.
     tscore: Vec<f32>,
+    tbin: Vec<bool>,
+    tpat: Vec<u32>,
+    /// The 0/1 table of the last step that had one (kept while G and the scale stay).
+    table: Option<BinaryTable>,
 }
 
 impl Clone for Scratch {
@@ -299,7 +303,7 @@ impl FairAdvantage {
         // --- labels, on copies: committed only once nothing can fail ---
         let mut smap = self.sources.clone();
         let mut gmap = self.groups.clone();
-        let Scratch { sid, gid, cell, pstat, tscore } = &mut scratch;
+        let Scratch { sid, gid, cell, pstat, tscore, tbin, tpat, table } = &mut scratch;
         // Integer sources and groups whose labels are all known already (usually every step
         // after the first) are looked up chunk by chunk inside pass 1, so the labels are read
         // once; otherwise, or when pass 1 meets a new label, they are mapped here first.
@@ -350,22 +354,37 @@ impl FairAdvantage {
         } else {
             // every entry is written by pass 1 before pass 2 reads it
             tscore.resize(tiles::scores_len(p, g), 0.0);
+            tbin.resize(tiles::tiles_len(p), false);
+            tpat.resize(tiles::tiles_len(p) * TILE, 0);
+            // 0/1 rewards look their results up (built when the batch has as many prompts
+            // as the table has patterns; kept while G and the scale stay)
+            if table.as_ref().is_none_or(|t| !t.fits(g, &sp)) {
+                *table = if p >= 1 << g.min(31) { BinaryTable::new(g, &sp) } else { None };
+            }
         }
+        let table = table.as_ref().filter(|t| t.fits(g, &sp));
         let parts = loop {
             let (ns, ng) = (smap.len(), gmap.len());
             let mut ps_chunks = pstat.chunks_mut(PROMPTS_PER_CHUNK);
             // PROMPTS_PER_CHUNK is a multiple of the tile: a chunk's share is scores_len(chunk)
             let mut ts_chunks = tscore.chunks_mut(tiles::scores_len(PROMPTS_PER_CHUNK, g));
+            let mut bin_chunks = tbin.chunks_mut(PROMPTS_PER_CHUNK / TILE);
+            let mut pat_chunks = tpat.chunks_mut(PROMPTS_PER_CHUNK);
             let mut pieces: Vec<_> = cell
                 .chunks_mut(PROMPTS_PER_CHUNK)
                 .zip(sid.chunks_mut(PROMPTS_PER_CHUNK).zip(gid.chunks_mut(PROMPTS_PER_CHUNK)))
                 .map(|(c, ids)| {
-                    (c, ps_chunks.next().unwrap_or_default(), ts_chunks.next().unwrap_or_default(), ids)
+                    let ts = (
+                        ts_chunks.next().unwrap_or_default(),
+                        bin_chunks.next().unwrap_or_default(),
+                        pat_chunks.next().unwrap_or_default(),
+                    );
+                    (c, ps_chunks.next().unwrap_or_default(), ts, ids)
                 })
                 .collect();
             let (smap_r, gmap_r) = (&smap, &gmap);
             let parts = map_chunks_mut(&mut pieces, 1, threads, |ci, piece| {
-                let (cells, ps, tst, (sid, gid)) = &mut piece[0];
+                let (cells, ps, (tst, tbn, tpt), (sid, gid)) = &mut piece[0];
                 let q_start = ci * PROMPTS_PER_CHUNK;
                 let q_end = q_start + cells.len();
                 let mut part = Pass1 {
@@ -397,10 +416,11 @@ impl FairAdvantage {
                     let mut src = vec![Sums4::default(); ns];
                     let mut cell = vec![Sums4::default(); ns * ng];
                     let unl = &mut part.unl;
-                    part.bad = tiles::sums(&r[q_start * g..q_end * g], g, &sp, tst, &mut |q0, n, ts| {
+                    let rq = &r[q_start * g..q_end * g];
+                    part.bad = tiles::sums(rq, g, &sp, table, tst, tbn, tpt, &mut |q0, n, ps| {
                         let (sid, gid) = (&sid[q0..q0 + n], &gid[q0..q0 + n]);
                         for (l, c) in cells[q0..q0 + n].iter_mut().enumerate() {
-                            let v = [ts.sum[l], ts.cnt[l], ts.ssum[l], ts.ssq[l]];
+                            let v = ps[l];
                             let s = sid[l] as usize;
                             src[s].add(&v);
                             *c = if gid[l] >= 0 {
@@ -639,9 +659,11 @@ impl FairAdvantage {
                 let q0 = ci * PROMPTS_PER_CHUNK;
                 let cells = &cell[q0..q0 + w.len()];
                 let st = &tscore[q0 * g..q0 * g + tiles::scores_len(w.len(), g)];
+                let nt = tiles::tiles_len(w.len());
+                let (bn, pt) = (&tbin[q0 / TILE..q0 / TILE + nt], &tpat[q0..q0 + nt * TILE]);
                 let mut mass = vec![0.0f64; n_cells];
                 let wt = CellWeights { cells, mult: &mult, shift, scale: inv_denom };
-                tiles::weighted(st, g, &wt, o, &mut mass);
+                tiles::weighted(st, bn, pt, table, g, &wt, o, &mut mass);
                 write_cells(cells, &cell_w, &cell_cluster, w, cl);
                 mass
             })

@@ -203,16 +203,12 @@ impl LabelMap {
     /// partly written) otherwise: then `map_into` must map the batch.
     pub fn lookup_small(&self, v: &[i64], out: &mut [i32]) -> bool {
         let small = &self.small;
-        crate::pool::simd(|| {
-            let mut ok = true;
-            for (o, &i) in out.iter_mut().zip(v) {
-                let id = small.get(i as usize).copied().unwrap_or(u32::MAX);
-                let unknown = i == -1;
-                ok &= unknown | (id != u32::MAX);
-                *o = if unknown { -1 } else { id as i32 };
-            }
-            ok
-        })
+        #[cfg(target_arch = "x86_64")]
+        if small.len() <= 16 && v.len() >= out.len() && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is available; the lengths are checked.
+            return unsafe { lookup16(small, &v[..out.len()], out) };
+        }
+        crate::pool::simd(|| lookup_rows(small, v, out))
     }
 
     pub fn name(&self, id: u32) -> String {
@@ -226,6 +222,59 @@ impl LabelMap {
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
+}
+
+/// [`LabelMap::lookup_small`] for a table of at most 16 ids, 16 labels at a time: the
+/// ids come from one in-register permutation instead of a load per label.
+///
+/// # Safety
+/// AVX-512F must be available; `small.len() <= 16` and `v.len() == out.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn lookup16(small: &[u32], v: &[i64], out: &mut [i32]) -> bool {
+    use std::arch::x86_64::*;
+    assert!(small.len() <= 16 && v.len() == out.len());
+    let mut tab = [u32::MAX; 16];
+    tab[..small.len()].copy_from_slice(small);
+    let t = _mm512_loadu_si512(tab.as_ptr() as *const _);
+    let (len, none) = (_mm512_set1_epi64(small.len() as i64), _mm512_set1_epi64(-1));
+    // u32::MAX (a gap in the table) and -1 (an unknown label) have the same bits
+    let minus1 = _mm512_set1_epi32(-1);
+    let mut bad: __mmask16 = 0;
+    let n16 = v.len() / 16 * 16;
+    for c in (0..n16).step_by(16) {
+        let x = [
+            _mm512_loadu_si512(v.as_ptr().add(c) as *const _),
+            _mm512_loadu_si512(v.as_ptr().add(c + 8) as *const _),
+        ];
+        // in the table: 0 <= label < len (as unsigned); unknown: -1
+        let inr =
+            _mm512_cmplt_epu64_mask(x[0], len) as u16 | (_mm512_cmplt_epu64_mask(x[1], len) as u16) << 8;
+        let unk =
+            _mm512_cmpeq_epi64_mask(x[0], none) as u16 | (_mm512_cmpeq_epi64_mask(x[1], none) as u16) << 8;
+        let idx = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm512_cvtepi64_epi32(x[0])),
+            _mm512_cvtepi64_epi32(x[1]),
+        );
+        let ids = _mm512_permutexvar_epi32(idx, t);
+        let known = inr & _mm512_cmpneq_epi32_mask(ids, minus1);
+        bad |= !(known | unk);
+        _mm512_storeu_si512(out.as_mut_ptr().add(c) as *mut _, _mm512_mask_mov_epi32(ids, unk, minus1));
+    }
+    (bad == 0) & lookup_rows(small, &v[n16..], &mut out[n16..])
+}
+
+/// [`LabelMap::lookup_small`], one label at a time.
+#[inline(always)]
+fn lookup_rows(small: &[u32], v: &[i64], out: &mut [i32]) -> bool {
+    let mut ok = true;
+    for (o, &i) in out.iter_mut().zip(v) {
+        let id = small.get(i as usize).copied().unwrap_or(u32::MAX);
+        let unknown = i == -1;
+        ok &= unknown | (id != u32::MAX);
+        *o = if unknown { -1 } else { id as i32 };
+    }
+    ok
 }
 
 #[cfg(test)]
@@ -278,5 +327,49 @@ mod tests {
         assert!(m.map(Labels::Ints(&[1, 2]), 3, "groups").is_err());
         let e = m.map(Labels::Ints(&[-4]), 1, "groups").unwrap_err();
         assert!(e.to_string().contains("groups"));
+    }
+
+    /// The 16-entry permutation gives the label-by-label lookup's ids and verdict: every
+    /// table size, gaps in the table, -1, other negatives, labels past the table, odd lengths.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn lookup16_equals_the_scalar_lookup() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let mut rng = crate::rng::SplitMix64::new(77);
+        for len in 1..=16usize {
+            let small: Vec<u32> =
+                (0..len as u32).map(|j| if j % 5 == 3 { u32::MAX } else { j * 7 }).collect();
+            for n in [0usize, 5, 16, 37, 200] {
+                for odd in [0.0, 0.02] {
+                    let v: Vec<i64> = (0..n)
+                        .map(|_| {
+                            let u = rng.uniform();
+                            if u < odd {
+                                [-2i64, 16, 1 << 40, i64::MIN][rng.below(4)]
+                            } else if u < 0.1 {
+                                -1
+                            } else {
+                                let j = rng.below(len) as i64;
+                                if small[j as usize] == u32::MAX {
+                                    0
+                                } else {
+                                    j
+                                }
+                            }
+                        })
+                        .collect();
+                    let (mut a, mut b) = (vec![0i32; n], vec![0i32; n]);
+                    // SAFETY: AVX-512F checked above; equal lengths
+                    let ok16 = unsafe { lookup16(&small, &v, &mut a) };
+                    let ok = lookup_rows(&small, &v, &mut b);
+                    assert_eq!(ok16, ok, "len {len} n {n}");
+                    if ok {
+                        assert_eq!(a, b, "len {len} n {n}");
+                    }
+                }
+            }
+        }
     }
 }

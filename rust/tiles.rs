@@ -10,6 +10,13 @@
 //!
 //! The kernels exist for the group sizes in [`SIZES`] on CPUs with AVX-512F ([`supports`]);
 //! callers use the portable code otherwise.
+//!
+//! 0/1 rewards (a correctness reward, the common case) take a shortcut in the two passes of a
+//! FairAdvantage step: a prompt's G rewards are a G-bit pattern, and everything pass 1 and
+//! pass 2 compute from them depends only on that pattern. A [`BinaryTable`] holds, per
+//! pattern, the sums and the two scores, computed by these same kernels on every pattern;
+//! a run of [`BATCH`] tiles whose rewards are all +0.0 or 1.0 then costs a load and two
+//! compares per prompt in pass 1 and a blend per prompt in pass 2, with the same bits.
 
 use crate::advantages::{inv_scale, Moments, Scale};
 
@@ -46,18 +53,85 @@ impl ScoreParams {
         let inv = (!per_prompt).then(|| inv_scale(&Moments::default(), scale, batch_std, eps, g));
         ScoreParams { inv, eps }
     }
+
+    fn key(&self) -> (Option<u64>, u64) {
+        (self.inv.map(f64::to_bits), self.eps.to_bits())
+    }
 }
 
-/// Per-prompt sums of one tile (pass 1 of a FairAdvantage step); lanes past the tile's
-/// prompt count are meaningless.
+/// Tiles per batch of the kernels (and per run of 0/1 tiles that take the table).
+pub const BATCH: usize = 8;
+
+/// What pass 1 hands on per prompt: the sum and count of the scorable rewards (as
+/// [`Moments`]), the sum of the scores and of their squares (each score rounded to f32, in
+/// rollout order).
+pub type PromptSums = [f64; 4];
+
+/// Per-prompt sums of one tile, per quantity; lanes past the tile's prompt count are
+/// meaningless.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TileSums {
-    /// Sum and count of the scorable rewards (as [`Moments`]).
-    pub sum: [f64; TILE],
-    pub cnt: [f64; TILE],
-    /// Sum of the scores and of their squares, each score rounded to f32, in rollout order.
-    pub ssum: [f64; TILE],
-    pub ssq: [f64; TILE],
+struct TileSums {
+    sum: [f64; TILE],
+    cnt: [f64; TILE],
+    ssum: [f64; TILE],
+    ssq: [f64; TILE],
+}
+
+impl TileSums {
+    fn prompts(&self) -> [PromptSums; TILE] {
+        std::array::from_fn(|l| [self.sum[l], self.cnt[l], self.ssum[l], self.ssq[l]])
+    }
+}
+
+/// Pass 1's results for every pattern of G 0/1 rewards (bit i = rollout i is 1.0), for one
+/// group size and [`ScoreParams`]: the prompt sums and the f32 scores of a 0 and of a 1.
+/// Built by the tile kernels themselves, so a table lookup gives their bits.
+#[derive(Debug, Clone)]
+pub struct BinaryTable {
+    g: usize,
+    key: (Option<u64>, u64),
+    sums: Vec<PromptSums>,
+    /// Per pattern: the score of a 0 reward and of a 1 reward (0 where there is none).
+    score: Vec<[f32; 2]>,
+}
+
+impl BinaryTable {
+    /// Largest group size with a table (2^12 patterns, 192 KiB).
+    pub const MAX_G: usize = 12;
+
+    /// The table for group size `g`, or None without a tile kernel or for G > [`Self::MAX_G`].
+    pub fn new(g: usize, p: &ScoreParams) -> Option<Self> {
+        if !supports(g) || g > Self::MAX_G {
+            return None;
+        }
+        let np = 1usize << g;
+        let r: Vec<f32> = (0..np * g).map(|k| ((k / g) >> (k % g) & 1) as f32).collect();
+        let mut sc = vec![0.0f32; scores_len(np, g)];
+        let mut bin = vec![false; tiles_len(np)];
+        let mut pat = vec![0u32; tiles_len(np) * TILE];
+        let mut sums_v = vec![[0.0f64; 4]; np];
+        let bad = sums(&r, g, p, None, &mut sc, &mut bin, &mut pat, &mut |q, n, ps| {
+            sums_v[q..q + n].copy_from_slice(&ps[..n]);
+        });
+        debug_assert!(bad.is_none());
+        let score = (0..np)
+            .map(|pat| {
+                let base = pat / TILE * TILE * g + pat % TILE;
+                let mut s = [0.0f32; 2];
+                // rollout i's score sits at row i of the tile; any rollout of each value
+                for i in 0..g {
+                    s[pat >> i & 1] = sc[base + i * TILE];
+                }
+                s
+            })
+            .collect();
+        Some(BinaryTable { g, key: p.key(), sums: sums_v, score })
+    }
+
+    /// Whether this is the table for `g` and `p`.
+    pub fn fits(&self, g: usize, p: &ScoreParams) -> bool {
+        self.g == g && self.key == p.key()
+    }
 }
 
 /// The weighting of pass 2 of a FairAdvantage step (see [`crate::blocks::write_prompt_scores`]).
@@ -110,44 +184,74 @@ pub fn scores_len(n: usize, g: usize) -> usize {
     n.div_ceil(TILE) * TILE * g
 }
 
+/// Tiles of `n` prompts (one flag each for [`sums`] / [`weighted`]).
+pub fn tiles_len(n: usize) -> usize {
+    n.div_ceil(TILE)
+}
+
 /// Pass 1: moments and score sums of the prompts of `r`, handed to `f` one tile at a time
 /// as `f(first prompt, prompts in the tile, sums)`; returns the index in `r` of the first
 /// infinite reward, if any. The scores, rounded to f32, go to `sc` tile by tile
 /// ([`scores_len`] in all): 16 values per rollout i (one per prompt of the tile), NaN where
-/// the reward is NaN, for [`weighted`] to reuse.
+/// the reward is NaN, for [`weighted`] to reuse. With the `table` of `g` and `p`, a run of
+/// [`BATCH`] full tiles of 0/1 rewards is looked up instead: such a tile gets `bin` set and
+/// its prompts' patterns in `pat` (one per prompt, [`tiles_len`] x 16 in all) instead of
+/// scores in `sc`.
 ///
 /// # Panics
-/// If `supports(g)` is false, or the lengths do not match.
+/// If `supports(g)` is false, the lengths do not match, or the table is not for `g`.
+#[allow(clippy::too_many_arguments)]
 pub fn sums(
     r: &[f32],
     g: usize,
     p: &ScoreParams,
+    table: Option<&BinaryTable>,
     sc: &mut [f32],
-    f: &mut dyn FnMut(usize, usize, &TileSums),
+    bin: &mut [bool],
+    pat: &mut [u32],
+    f: &mut dyn FnMut(usize, usize, &[PromptSums; TILE]),
 ) -> Option<usize> {
-    assert!(supports(g) && r.len().is_multiple_of(g) && sc.len() == scores_len(r.len() / g, g));
+    let np = r.len() / g;
+    assert!(supports(g) && r.len().is_multiple_of(g) && sc.len() == scores_len(np, g));
+    assert!(bin.len() == tiles_len(np) && pat.len() == tiles_len(np) * TILE);
+    assert!(table.is_none_or(|t| t.fits(g, p)));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `supports` checked AVX-512F; the lengths are checked above.
     unsafe {
-        by_size!(g, sums_k::<G>(r, p, sc, f))
+        by_size!(g, sums_k::<G>(r, p, table, sc, bin, pat, f))
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!()
 }
 
-/// Pass 2: the weighted, renormalised advantages of the prompts whose scores [`sums`] left
-/// in `sc` into `out` (exactly [`crate::blocks::write_prompt_scores`] per prompt); adds
-/// each prompt's |A| to `mass[cell]`, in prompt order. The rewards must be free of
-/// infinities (pass 1 checks).
+/// Pass 2: the weighted, renormalised advantages of the prompts whose scores (or, for the
+/// tiles flagged in `bin`, patterns in `pat` of the `table`) [`sums`] left into `out`
+/// (exactly [`crate::blocks::write_prompt_scores`] per prompt); adds each prompt's |A| to
+/// `mass[cell]`, in prompt order. The rewards must be free of infinities (pass 1 checks).
 ///
 /// # Panics
 /// If `supports(g)` is false, or the lengths do not match.
-pub fn weighted(sc: &[f32], g: usize, w: &CellWeights<'_>, out: &mut [f32], mass: &mut [f64]) {
-    assert!(supports(g) && out.len() == w.cells.len() * g && sc.len() == scores_len(w.cells.len(), g));
+#[allow(clippy::too_many_arguments)]
+pub fn weighted(
+    sc: &[f32],
+    bin: &[bool],
+    pat: &[u32],
+    table: Option<&BinaryTable>,
+    g: usize,
+    w: &CellWeights<'_>,
+    out: &mut [f32],
+    mass: &mut [f64],
+) {
+    let np = w.cells.len();
+    assert!(supports(g) && out.len() == np * g && sc.len() == scores_len(np, g));
+    assert!(
+        bin.len() == tiles_len(np) && pat.len() == tiles_len(np) * TILE && table.is_none_or(|t| t.g == g)
+    );
+    assert!(table.is_some() || !bin.contains(&true), "0/1 tiles need their table");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `supports` checked AVX-512F; the lengths are checked above.
     unsafe {
-        by_size!(g, weighted_k::<G>(sc, w, out, mass))
+        by_size!(g, weighted_k::<G>(sc, bin, pat, table, w, out, mass))
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!()
@@ -158,14 +262,13 @@ use imp::{scores_k, sums_k, weighted_k};
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use super::{CellWeights, ScoreParams, TileSums, TILE};
+    use super::{BinaryTable, CellWeights, PromptSums, ScoreParams, TileSums, BATCH, TILE};
     use crate::kernels::avx512::transpose;
     use std::arch::x86_64::*;
 
-    /// Tiles per batch. Each phase below runs over the batch's tiles, whose dependency
-    /// chains (a sum, a division, a sum of squares, a square root, a division) are
-    /// independent: the CPU overlaps them instead of waiting on one tile at a time.
-    const BATCH: usize = 8;
+    // Tiles per batch ([`BATCH`]): each phase below runs over the batch's tiles, whose
+    // dependency chains (a sum, a division, a sum of squares, a square root, a division) are
+    // independent: the CPU overlaps them instead of waiting on one tile at a time.
 
     /// 16 x 16 f32, cache-line aligned: a tile's rewards (padded) or its results.
     #[repr(C, align(64))]
@@ -431,12 +534,40 @@ mod imp {
         ))
     }
 
+    /// The 0/1 patterns (bit i = rollout i is 1.0) of the [`BATCH`] full tiles at `r`, or
+    /// false if some reward is neither +0.0 nor 1.0 (compared as bits: -0.0 or NaN is not).
+    #[inline(always)]
+    unsafe fn patterns<const G: usize>(r: &[f32], pats: &mut [u32; TILE * BATCH]) -> bool {
+        assert!(r.len() >= BATCH * TILE * G);
+        let gm = ((1u32 << G) - 1) as __mmask16;
+        let one = _mm512_set1_epi32(1.0f32.to_bits() as i32);
+        let zero = _mm512_setzero_si512();
+        let x = r.as_ptr() as *const i32;
+        for (b, pt) in pats.chunks_exact_mut(TILE).enumerate() {
+            let mut other: __mmask16 = 0;
+            for (l, v) in pt.iter_mut().enumerate() {
+                let row = _mm512_maskz_loadu_epi32(gm, x.add((b * TILE + l) * G));
+                let m1 = _mm512_mask_cmpeq_epi32_mask(gm, row, one);
+                let m0 = _mm512_mask_cmpeq_epi32_mask(gm, row, zero);
+                other |= gm & !(m0 | m1);
+                *v = m1 as u32;
+            }
+            if other != 0 {
+                return false;
+            }
+        }
+        true
+    }
+
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn sums_k<const G: usize>(
         r: &[f32],
         p: &ScoreParams,
+        table: Option<&BinaryTable>,
         sc: &mut [f32],
-        f: &mut dyn FnMut(usize, usize, &TileSums),
+        bin: &mut [bool],
+        pat: &mut [u32],
+        f: &mut dyn FnMut(usize, usize, &[PromptSums; TILE]),
     ) -> Option<usize> {
         /// The tile's sums into `ts`, its scores (NaN for a NaN reward) to `out` (G x 16).
         #[inline(always)]
@@ -468,21 +599,135 @@ mod imp {
                 _mm512_storeu_pd(ts.ssq.as_mut_ptr().add(8 * h), ssq[h]);
             }
         }
+        let np = r.len() / G;
         let mut ts = TileSums::default();
-        run::<G>(r, p, |bt, b, q, n| {
-            let out = &mut sc[q * G..(q + TILE) * G];
-            if bt.clean[b] {
-                tile::<G, true>(bt, b, &mut ts, out);
-            } else {
-                tile::<G, false>(bt, b, &mut ts, out);
+        let mut bad = None;
+        for q0 in (0..np).step_by(TILE * BATCH) {
+            let end = (q0 + TILE * BATCH).min(np);
+            let rb = &r[q0 * G..end * G];
+            if let Some(t) = table.filter(|_| end - q0 == TILE * BATCH) {
+                let pats: &mut [u32; TILE * BATCH] = (&mut pat[q0..end]).try_into().unwrap();
+                if patterns::<G>(rb, pats) {
+                    for (b, pt) in pats.chunks_exact(TILE).enumerate() {
+                        let q = q0 + b * TILE;
+                        bin[q / TILE] = true;
+                        let ps: [PromptSums; TILE] = std::array::from_fn(|l| t.sums[pt[l] as usize]);
+                        f(q, TILE, &ps);
+                    }
+                    continue;
+                }
             }
-            f(q, n, &ts);
-        })
+            let found = run::<G>(rb, p, |bt, b, q, n| {
+                let q = q0 + q;
+                bin[q / TILE] = false;
+                let out = &mut sc[q * G..(q + TILE) * G];
+                if bt.clean[b] {
+                    tile::<G, true>(bt, b, &mut ts, out);
+                } else {
+                    tile::<G, false>(bt, b, &mut ts, out);
+                }
+                f(q, n, &ts.prompts());
+            });
+            bad = bad.or(found.map(|i| q0 * G + i));
+        }
+        bad
+    }
+
+    /// One rollout row of pass 2 (16 prompts' scores, NaN ones already 0): `score * mult`
+    /// (the score itself where the product overflows, unless `SAFE`), minus the shift, times
+    /// the scale, 0 where `ok` is unset (unless `CLEAN`), rounded to f32.
+    #[inline(always)]
+    unsafe fn weigh<const CLEAN: bool, const SAFE: bool>(
+        row: __m512,
+        ok: __mmask16,
+        m: &[__m512d; 2],
+        shift: __m512d,
+        scale: __m512d,
+    ) -> __m512 {
+        let inf = _mm512_set1_pd(f64::INFINITY);
+        let sc = widen(row);
+        let mut a32 = [_mm256_setzero_ps(); 2];
+        for h in 0..2 {
+            let a = _mm512_mul_pd(sc[h], m[h]);
+            let a = if SAFE {
+                a
+            } else {
+                let finite = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(_mm512_abs_pd(a), inf);
+                _mm512_mask_mov_pd(sc[h], finite, a)
+            };
+            let a = _mm512_mul_pd(_mm512_sub_pd(a, shift), scale);
+            let a = if CLEAN { a } else { _mm512_maskz_mov_pd(half(ok, h), a) };
+            a32[h] = _mm512_cvtpd_ps(a);
+        }
+        join(a32[0], a32[1])
+    }
+
+    /// The two f64 halves of 16 f32 lanes.
+    #[inline(always)]
+    unsafe fn widen(v: __m512) -> [__m512d; 2] {
+        [
+            _mm512_cvtps_pd(_mm512_castps512_ps256(v)),
+            _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))),
+        ]
+    }
+
+    /// The advantages of a 0/1 tile (prompt l's rewards = the bits of `pats[l]`) into `out`
+    /// and its prompts' |A| sums into `lane_mass`: the operations of [`weighted_k`]'s clean
+    /// tile on the table's two scores per prompt, then each rollout takes its value's result.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn binary<const G: usize, const SAFE: bool>(
+        pats: &[u32; TILE],
+        t: &BinaryTable,
+        mult: &[f64; TILE],
+        shift: f64,
+        scale: f64,
+        out: &mut [f32],
+        lane_mass: &mut [f64; TILE],
+    ) {
+        assert!(out.len() >= TILE * G);
+        let mut s01 = [[0.0f32; TILE]; 2];
+        for (l, &pt) in pats.iter().enumerate() {
+            let s = t.score[pt as usize];
+            s01[0][l] = s[0];
+            s01[1][l] = s[1];
+        }
+        let (shift, scale) = (_mm512_set1_pd(shift), _mm512_set1_pd(scale));
+        let m = [_mm512_loadu_pd(mult.as_ptr()), _mm512_loadu_pd(mult.as_ptr().add(8))];
+        let a0 = weigh::<true, SAFE>(_mm512_loadu_ps(s01[0].as_ptr()), 0xffff, &m, shift, scale);
+        let a1 = weigh::<true, SAFE>(_mm512_loadu_ps(s01[1].as_ptr()), 0xffff, &m, shift, scale);
+        let patv = _mm512_loadu_si512(pats.as_ptr() as *const _);
+        let mut part = [[_mm512_setzero_pd(); 2]; 4];
+        for i in 0..G {
+            let ones = _mm512_test_epi32_mask(patv, _mm512_set1_epi32(1 << i));
+            let av = _mm512_abs_ps(_mm512_mask_blend_ps(ones, a0, a1));
+            let am = widen(av);
+            for (p, a) in part[i & 3].iter_mut().zip(am) {
+                *p = _mm512_add_pd(*p, a);
+            }
+        }
+        for (h, lm) in lane_mass.chunks_exact_mut(8).enumerate() {
+            let tot =
+                _mm512_add_pd(_mm512_add_pd(part[0][h], part[1][h]), _mm512_add_pd(part[2][h], part[3][h]));
+            _mm512_storeu_pd(lm.as_mut_ptr(), tot);
+        }
+        _mm512_storeu_ps(s01[0].as_mut_ptr(), a0);
+        _mm512_storeu_ps(s01[1].as_mut_ptr(), a1);
+        let gm = ((1u32 << G) - 1) as __mmask16;
+        let o = out.as_mut_ptr();
+        for (l, &pt) in pats.iter().enumerate() {
+            let row =
+                _mm512_mask_blend_ps(pt as __mmask16, _mm512_set1_ps(s01[0][l]), _mm512_set1_ps(s01[1][l]));
+            _mm512_mask_storeu_ps(o.add(l * G), gm, row);
+        }
     }
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn weighted_k<const G: usize>(
         sc: &[f32],
+        bin: &[bool],
+        pat: &[u32],
+        table: Option<&BinaryTable>,
         w: &CellWeights<'_>,
         out: &mut [f32],
         mass: &mut [f64],
@@ -500,7 +745,6 @@ mod imp {
             lane_mass: &mut [f64; TILE],
         ) {
             assert!(s.len() >= G * TILE);
-            let inf = _mm512_set1_pd(f64::INFINITY);
             let (shift, scale) = (_mm512_set1_pd(shift), _mm512_set1_pd(scale));
             let m = [_mm512_loadu_pd(mult.as_ptr()), _mm512_loadu_pd(mult.as_ptr().add(8))];
             let mut part = [[_mm512_setzero_pd(); 2]; 4];
@@ -509,30 +753,10 @@ mod imp {
                 // a NaN score marks a NaN reward: its score counts as 0, its advantage is 0
                 let ok = if CLEAN { 0xffff } else { _mm512_cmp_ps_mask::<_CMP_ORD_Q>(row, row) };
                 let row = if CLEAN { row } else { _mm512_maskz_mov_ps(ok, row) };
-                let sc = [
-                    _mm512_cvtps_pd(_mm512_castps512_ps256(row)),
-                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(row)))),
-                ];
-                let mut a32 = [_mm256_setzero_ps(); 2];
-                for h in 0..2 {
-                    let a = _mm512_mul_pd(sc[h], m[h]);
-                    let a = if SAFE {
-                        a
-                    } else {
-                        let finite = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(_mm512_abs_pd(a), inf);
-                        _mm512_mask_mov_pd(sc[h], finite, a)
-                    };
-                    let a = _mm512_mul_pd(_mm512_sub_pd(a, shift), scale);
-                    let a = if CLEAN { a } else { _mm512_maskz_mov_pd(half(ok, h), a) };
-                    a32[h] = _mm512_cvtpd_ps(a);
-                }
-                let v = join(a32[0], a32[1]);
+                let v = weigh::<CLEAN, SAFE>(row, ok, &m, shift, scale);
                 _mm512_store_ps(buf.0.as_mut_ptr().add(i * TILE), v);
                 let av = _mm512_abs_ps(v);
-                let am = [
-                    _mm512_cvtps_pd(_mm512_castps512_ps256(av)),
-                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(av)))),
-                ];
+                let am = widen(av);
                 for (p, a) in part[i & 3].iter_mut().zip(am) {
                     *p = _mm512_add_pd(*p, a);
                 }
@@ -559,6 +783,20 @@ mod imp {
                 *m = w.mult[c as usize];
             }
             let s = &sc[q * G..(q + TILE) * G];
+            if let (true, Some(t)) = (bin[q / TILE], table) {
+                let pats: &[u32; TILE] = pat[q..q + TILE].try_into().unwrap();
+                let safe = safe_all || mult.iter().all(|m| m.abs() <= SAFE_MULT);
+                let o = &mut out[q * G..(q + TILE) * G];
+                if safe {
+                    binary::<G, true>(pats, t, &mult, w.shift, w.scale, o, &mut lane_mass);
+                } else {
+                    binary::<G, false>(pats, t, &mult, w.shift, w.scale, o, &mut lane_mass);
+                }
+                for (&c, &m) in cells.iter().zip(&lane_mass) {
+                    mass[c as usize] += m;
+                }
+                continue;
+            }
             // the padded lanes of a last partial tile hold zeros or stale scores: their
             // results are not stored
             let clean = (0..G).all(|i| {
@@ -651,24 +889,27 @@ mod tests {
                     }
                     let mut seen = 0;
                     let mut sc = vec![f32::NAN; scores_len(np, g)];
-                    sums(&r, g, &p, &mut sc, &mut |q, n, ts| {
+                    let mut bin = vec![true; tiles_len(np)];
+                    let mut pat = vec![0u32; tiles_len(np) * TILE];
+                    sums(&r, g, &p, None, &mut sc, &mut bin, &mut pat, &mut |q, n, ps| {
                         for l in 0..n {
                             let w = want_sums[q + l];
-                            let got = (ts.sum[l], ts.cnt[l], ts.ssum[l], ts.ssq[l]);
-                            assert_eq!(got.0.to_bits(), w.0.to_bits());
-                            assert_eq!(got.1.to_bits(), w.1.to_bits());
-                            assert_eq!(got.2.to_bits(), w.2.to_bits());
-                            assert_eq!(got.3.to_bits(), w.3.to_bits());
+                            let got = ps[l];
+                            assert_eq!(got[0].to_bits(), w.0.to_bits());
+                            assert_eq!(got[1].to_bits(), w.1.to_bits());
+                            assert_eq!(got[2].to_bits(), w.2.to_bits());
+                            assert_eq!(got[3].to_bits(), w.3.to_bits());
                         }
                         seen += n;
                     });
+                    assert!(!bin.contains(&true));
                     assert_eq!(seen, np);
                     // pass 2: three cells, one with a huge multiplier (non-finite products)
                     let cells: Vec<u32> = (0..np as u32).map(|q| q % 3).collect();
                     let mult = [0.7, 1.3, 1e308];
                     let wt = CellWeights { cells: &cells, mult: &mult, shift: 0.01, scale: 1.7 };
                     let mut mass = vec![0.0; 3];
-                    weighted(&sc, g, &wt, &mut out, &mut mass);
+                    weighted(&sc, &bin, &pat, None, g, &wt, &mut out, &mut mass);
                     let mut want_mass = [0.0f64; 3];
                     let mut want = vec![0.0f32; g];
                     for (q, rq) in r.chunks_exact(g).enumerate() {
@@ -699,10 +940,74 @@ mod tests {
         let mut out = vec![0.0; r.len()];
         assert_eq!(scores(&r, 4, &p, &mut out), Some(83));
         let mut sc = vec![0.0; scores_len(37, 4)];
-        assert_eq!(sums(&r, 4, &p, &mut sc, &mut |_, _, _| {}), Some(83));
+        let (mut bin, mut pat) = (vec![false; tiles_len(37)], vec![0u32; tiles_len(37) * TILE]);
+        assert_eq!(sums(&r, 4, &p, None, &mut sc, &mut bin, &mut pat, &mut |_, _, _| {}), Some(83));
         assert_eq!(scores(&r[4 * 32..], 4, &p, &mut out[4 * 32..]), Some(12));
         // +inf and -inf in one prompt (its sum is NaN)
         r[4 * 20 + 1] = f32::INFINITY;
-        assert_eq!(sums(&r, 4, &p, &mut sc, &mut |_, _, _| {}), Some(81));
+        assert_eq!(sums(&r, 4, &p, None, &mut sc, &mut bin, &mut pat, &mut |_, _, _| {}), Some(81));
+        // a 0/1 run of tiles before the infinity: still found, at its place
+        let mut r = vec![1.0f32; 4 * 300];
+        r[4 * 290 + 2] = f32::INFINITY;
+        let t = BinaryTable::new(4, &p).unwrap();
+        let (mut sc, mut bin) = (vec![0.0; scores_len(300, 4)], vec![false; tiles_len(300)]);
+        let mut pat = vec![0u32; tiles_len(300) * TILE];
+        let found = sums(&r, 4, &p, Some(&t), &mut sc, &mut bin, &mut pat, &mut |_, _, _| {});
+        assert_eq!(found, Some(4 * 290 + 2));
+        assert!(bin[0] && !bin[tiles_len(300) - 1]);
+    }
+
+    /// 0/1 rewards through the table give the bits of the kernels without it: runs of 0/1
+    /// tiles between tiles with a 0.5, a NaN or a -0.0 reward, a partial last run, every
+    /// G with a table, every scale, normal and huge multipliers.
+    #[test]
+    fn binary_tiles_equal_the_kernels_bitwise() {
+        if !supports(10) {
+            return;
+        }
+        let scales = [(Scale::Group, 0.4), (Scale::Batch, 0.4), (Scale::None, 0.0), (Scale::Group, 0.0)];
+        for (k, &g) in SIZES.iter().filter(|&&g| g <= BinaryTable::MAX_G).enumerate() {
+            let np = TILE * BATCH * 5 + 37;
+            let mut rng = crate::rng::SplitMix64::new(900 + k as u64);
+            let mut r: Vec<f32> = (0..np * g).map(|_| (rng.uniform() < 0.6) as u8 as f32).collect();
+            // constant prompts, and one odd reward in runs 1, 3 and 4
+            r[..3 * g].fill(1.0);
+            r[3 * g..5 * g].fill(0.0);
+            let run = TILE * BATCH * g;
+            r[run + 77] = 0.5;
+            r[3 * run + 5] = f32::NAN;
+            r[4 * run + 9 * g] = -0.0;
+            for (si, &(scale, bstd)) in scales.iter().enumerate() {
+                let eps = if si == 3 { 0.0 } else { 1e-4 };
+                let p = ScoreParams::new(scale, bstd, eps, g);
+                let table = BinaryTable::new(g, &p).unwrap();
+                assert!(table.fits(g, &p) && !table.fits(g, &ScoreParams::new(scale, bstd + 1.0, 0.5, g)));
+                let mut got = Vec::new();
+                for t in [None, Some(&table)] {
+                    let mut sc = vec![f32::NAN; scores_len(np, g)];
+                    let mut bin = vec![false; tiles_len(np)];
+                    let mut pat = vec![0u32; tiles_len(np) * TILE];
+                    let mut ps = Vec::new();
+                    let bad = sums(&r, g, &p, t, &mut sc, &mut bin, &mut pat, &mut |_, n, s| {
+                        ps.extend_from_slice(&s[..n])
+                    });
+                    assert_eq!(bad, None);
+                    let flagged = bin.iter().filter(|&&b| b).count();
+                    assert_eq!(flagged, if t.is_some() { 2 * TILE * BATCH / TILE } else { 0 }, "g {g}");
+                    let cells: Vec<u32> = (0..np as u32).map(|q| q % 3).collect();
+                    let mut mult = [0.7, 1.3, 2.5];
+                    if si == 1 {
+                        mult[2] = 1e308;
+                    }
+                    let wt = CellWeights { cells: &cells, mult: &mult, shift: 0.01, scale: 1.7 };
+                    let (mut out, mut mass) = (vec![f32::NAN; np * g], vec![0.0; 3]);
+                    weighted(&sc, &bin, &pat, t, g, &wt, &mut out, &mut mass);
+                    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    let ps: Vec<u64> = ps.iter().flat_map(|s| bits(s)).collect();
+                    got.push((ps, out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), bits(&mass)));
+                }
+                assert!(got[0] == got[1], "g {g} scale {scale:?} eps {eps}");
+            }
+        }
     }
 }

@@ -304,3 +304,34 @@ def test_faithful_falls_back_to_the_score_for_a_group_that_never_succeeds():
     # robust floors the mean: the hard group gets the larger (capped) weight instead
     assert robust.weights[0] > robust.weights[1]
     assert np.isfinite(robust.advantages).all()
+
+
+@pytest.mark.parametrize("g", [4, 8, 10, 12])
+@pytest.mark.parametrize("scale", ["group", "batch"])
+def test_fair_advantage_on_large_binary_batches(g, scale):
+    """0/1 rewards in runs of 128 prompts take the pattern table; runs broken by a NaN, a 0.5
+    or a -0.0 reward, and a short last run, do not. Three steps (the "batch" scale changes the
+    table every step): the reference's results, and the same bits for 1, 2 and 3 threads."""
+    rng = np.random.default_rng(g)
+    runs = []
+    for step in range(3):
+        p = 128 * 40 + 77 + step
+        r = (rng.random(p * g) < rng.uniform(0.2, 0.8)).astype(np.float32)
+        r[: 3 * g] = 1.0  # constant prompts: std 0
+        r[128 * g * 3 + 5] = np.nan
+        r[128 * g * 7 + 1] = 0.5
+        r[128 * g * 11 + 2] = -0.0
+        sources = rng.integers(0, 3, p)
+        groups = np.where(rng.random(p) < 0.2, -1, rng.integers(0, 4, p))
+        runs.append((r, sources, groups))
+    want = ref.RefFair("robust", scale=scale)
+    outs = {t: fairgrpo.FairAdvantage("robust", scale=scale, n_threads=t) for t in (1, 2, 3)}
+    for r, sources, groups in runs:
+        got = {t: fa(r, g, sources=sources, groups=groups) for t, fa in outs.items()}
+        adv, w, cl = want(r, g, [int(s) for s in sources], [None if v < 0 else int(v) for v in groups])
+        assert_same(got[1].advantages, adv)
+        np.testing.assert_allclose(got[1].weights, w, rtol=1e-12)
+        np.testing.assert_array_equal(got[1].clusters, cl)
+        for t in (2, 3):
+            np.testing.assert_array_equal(got[t].advantages, got[1].advantages)
+            np.testing.assert_array_equal(got[t].weights, got[1].weights)
