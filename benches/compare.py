@@ -492,13 +492,20 @@ def case_advantages(rep: Report, cfg: argparse.Namespace, tmp: Path, bw: float) 
     paths = {"rewards": tmp / "adv_r.npy", "sources": tmp / "adv_s.npy", "groups": tmp / "adv_g.npy"}
     for key, a in zip(paths, (r, src, grp), strict=True):
         np.save(paths[key], a)
+    # graded rewards (0/1 correctness plus 0.2 for the answer format) take FairAdvantage's
+    # general path; 0/1 rewards its per-pattern table
+    graded = tmp / "adv_r_graded.npy"
+    np.save(graded, r + np.float32(0.2) * (np.random.default_rng(8).random(r.size) < 0.7).astype(np.float32))
     n = p * g
     base = {k: str(v) for k, v in paths.items()} | {"case": "advantages", "group_size": g}
     base |= {"n_sources": ns, "n_groups": ng}
-    for work in ("group", "fair"):
+    for work in ("group", "fair", "fair-graded"):
         workers = []
         for impl in ("ours", "numpy", "torch"):
-            spec = {**base, "work": work, "impl": impl, "out": str(tmp / f"adv_{work}_{impl}.npy")}
+            spec = {**base, "work": work.removesuffix("-graded"), "impl": impl}
+            spec["out"] = str(tmp / f"adv_{work}_{impl}.npy")
+            if work.endswith("-graded"):
+                spec["rewards"] = str(graded)
             workers.append(Worker(impl, spec, 2, impl != "ours", tmp))
             if impl != "ours":
                 rep.blas[f"{impl} (2t)"] = workers[-1].info["blas"]
@@ -518,6 +525,7 @@ def case_advantages(rep: Report, cfg: argparse.Namespace, tmp: Path, bw: float) 
         else:
             label = 'FairAdvantage("robust") step'
             size = f"N=1e{round(np.log10(n))} G={g}, {ns}x{ng} groups"
+            size += ", graded r" if work.endswith("-graded") else ", 0/1 r"
             bound = (8 * n + 16 * p) / (bw * 1e9)  # + read int64 source and group labels
             bnote = "bound: read r + labels, write A"
         for impl in ("numpy", "torch"):
