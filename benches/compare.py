@@ -109,18 +109,12 @@ class Worker:
             self.proc.kill()
 
 
-SETTLE_S = 0.3
-
-
 def interleaved(workers: list[Worker], repeats: int) -> dict[str, list[dict[str, Any]]]:
     """Times every worker once per round, rotating the order each round; returns all results."""
     res: dict[str, list[dict[str, Any]]] = {w.name: [] for w in workers}
     for i in range(repeats):
         order = workers[i % len(workers) :] + workers[: i % len(workers)]
         for w in order:
-            # let the previous process's worker threads go idle first (OpenBLAS and OpenMP
-            # pools spin for up to ~0.1 s after a parallel call, on the cores the next one uses)
-            time.sleep(SETTLE_S)
             res[w.name].append(w.call("run"))
     return res
 
