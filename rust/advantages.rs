@@ -177,10 +177,12 @@ pub fn group_advantages<T: Real>(
     let bad = if let (Some(r), Some(o), true) = (T::as_f32(rewards), T::as_f32_mut(out), tiles::supports(g)) {
         // f32 on AVX-512: 16 prompts per tile, bitwise the portable code below
         let p = tiles::ScoreParams::new(scale, bstd, eps, g);
+        // 0/1 rewards look their scores up (when the batch has as many prompts as patterns)
+        let table = if rewards.len() / g >= 1 << g.min(31) { tiles::BinaryTable::new(g, &p) } else { None };
         let per_chunk = TILED_CHUNK * g;
         map_chunks_mut(o, per_chunk, threads, |c, o| {
             let base = c * per_chunk;
-            tiles::scores(&r[base..base + o.len()], g, &p, o).map(|i| base + i)
+            tiles::scores(&r[base..base + o.len()], g, &p, table.as_ref(), o).map(|i| base + i)
         })
     } else {
         let per_chunk = (CHUNK / g).max(1) * g;

@@ -164,16 +164,24 @@ macro_rules! by_size {
 }
 
 /// GRPO scores of the prompts of `r` (G = `g` rewards each) into `out`; returns the index
-/// in `r` of the first infinite reward, if any.
+/// in `r` of the first infinite reward, if any. With the `table` of `g` and `p`, a run of
+/// [`BATCH`] full tiles of 0/1 rewards takes its two scores per prompt from it.
 ///
 /// # Panics
-/// If `supports(g)` is false, or the lengths do not match.
-pub fn scores(r: &[f32], g: usize, p: &ScoreParams, out: &mut [f32]) -> Option<usize> {
+/// If `supports(g)` is false, the lengths do not match, or the table is not for `g`.
+pub fn scores(
+    r: &[f32],
+    g: usize,
+    p: &ScoreParams,
+    table: Option<&BinaryTable>,
+    out: &mut [f32],
+) -> Option<usize> {
     assert!(supports(g) && r.len() == out.len() && r.len().is_multiple_of(g));
+    assert!(table.is_none_or(|t| t.fits(g, p)));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `supports` checked AVX-512F; the lengths are checked above.
     unsafe {
-        by_size!(g, scores_k::<G>(r, p, out))
+        by_size!(g, scores_k::<G>(r, p, table, out))
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!()
@@ -506,6 +514,7 @@ mod imp {
     pub(super) unsafe fn scores_k<const G: usize>(
         r: &[f32],
         p: &ScoreParams,
+        table: Option<&BinaryTable>,
         out: &mut [f32],
     ) -> Option<usize> {
         #[inline(always)]
@@ -515,14 +524,58 @@ mod imp {
             }
         }
         let mut buf = Buf::new();
-        run::<G>(r, p, |bt, b, q, n| {
-            if bt.clean[b] {
-                tile::<G, true>(bt, b, &mut buf);
-            } else {
-                tile::<G, false>(bt, b, &mut buf);
+        let gm = ((1u32 << G) - 1) as __mmask16;
+        let o = out.as_mut_ptr();
+        assert!(out.len() == r.len());
+        runs::<G>(
+            r,
+            table.is_some(),
+            |q0, pats| {
+                let t = table.expect("runs only finds 0/1 runs with a table");
+                for (l, &pt) in pats.iter().enumerate() {
+                    let [s0, s1] = t.score[pt as usize];
+                    let row = _mm512_mask_blend_ps(pt as __mmask16, _mm512_set1_ps(s0), _mm512_set1_ps(s1));
+                    _mm512_mask_storeu_ps(o.add((q0 + l) * G), gm, row);
+                }
+            },
+            |q0, rb| {
+                run::<G>(rb, p, |bt, b, q, n| {
+                    if bt.clean[b] {
+                        tile::<G, true>(bt, b, &mut buf);
+                    } else {
+                        tile::<G, false>(bt, b, &mut buf);
+                    }
+                    let q = q0 + q;
+                    store::<G>(&buf, &mut out[q * G..(q + n) * G], n);
+                })
+            },
+        )
+    }
+
+    /// Splits `r` into runs of [`BATCH`] tiles: a full run of 0/1 rewards goes to
+    /// `bin(first prompt, patterns)` when `table`, any other to `general(first prompt, its
+    /// rewards)`, which returns the index in them of the first infinite reward. Returns the
+    /// index in `r` of the first infinite reward.
+    #[inline(always)]
+    unsafe fn runs<const G: usize>(
+        r: &[f32],
+        table: bool,
+        mut bin: impl FnMut(usize, &[u32; TILE * BATCH]),
+        mut general: impl FnMut(usize, &[f32]) -> Option<usize>,
+    ) -> Option<usize> {
+        let np = r.len() / G;
+        let mut pats = [0u32; TILE * BATCH];
+        let mut bad = None;
+        for q0 in (0..np).step_by(TILE * BATCH) {
+            let end = (q0 + TILE * BATCH).min(np);
+            let rb = &r[q0 * G..end * G];
+            if table && end - q0 == TILE * BATCH && patterns::<G>(rb, &mut pats) {
+                bin(q0, &pats);
+                continue;
             }
-            store::<G>(&buf, &mut out[q * G..(q + n) * G], n);
-        })
+            bad = bad.or(general(q0, rb).map(|i| q0 * G + i));
+        }
+        bad
     }
 
     /// The two f32 halves as one vector.
@@ -599,38 +652,38 @@ mod imp {
                 _mm512_storeu_pd(ts.ssq.as_mut_ptr().add(8 * h), ssq[h]);
             }
         }
-        let np = r.len() / G;
         let mut ts = TileSums::default();
-        let mut bad = None;
-        for q0 in (0..np).step_by(TILE * BATCH) {
-            let end = (q0 + TILE * BATCH).min(np);
-            let rb = &r[q0 * G..end * G];
-            if let Some(t) = table.filter(|_| end - q0 == TILE * BATCH) {
-                let pats: &mut [u32; TILE * BATCH] = (&mut pat[q0..end]).try_into().unwrap();
-                if patterns::<G>(rb, pats) {
-                    for (b, pt) in pats.chunks_exact(TILE).enumerate() {
-                        let q = q0 + b * TILE;
-                        bin[q / TILE] = true;
-                        let ps: [PromptSums; TILE] = std::array::from_fn(|l| t.sums[pt[l] as usize]);
-                        f(q, TILE, &ps);
+        // both closures need `bin` and `f`: through a cell, one at a time
+        let shared = std::cell::RefCell::new((bin, f));
+        runs::<G>(
+            r,
+            table.is_some(),
+            |q0, pats| {
+                let t = table.expect("runs only finds 0/1 runs with a table");
+                let (bin, f) = &mut *shared.borrow_mut();
+                pat[q0..q0 + TILE * BATCH].copy_from_slice(pats);
+                for (b, pt) in pats.chunks_exact(TILE).enumerate() {
+                    let q = q0 + b * TILE;
+                    bin[q / TILE] = true;
+                    let ps: [PromptSums; TILE] = std::array::from_fn(|l| t.sums[pt[l] as usize]);
+                    f(q, TILE, &ps);
+                }
+            },
+            |q0, rb| {
+                let (bin, f) = &mut *shared.borrow_mut();
+                run::<G>(rb, p, |bt, b, q, n| {
+                    let q = q0 + q;
+                    bin[q / TILE] = false;
+                    let out = &mut sc[q * G..(q + TILE) * G];
+                    if bt.clean[b] {
+                        tile::<G, true>(bt, b, &mut ts, out);
+                    } else {
+                        tile::<G, false>(bt, b, &mut ts, out);
                     }
-                    continue;
-                }
-            }
-            let found = run::<G>(rb, p, |bt, b, q, n| {
-                let q = q0 + q;
-                bin[q / TILE] = false;
-                let out = &mut sc[q * G..(q + TILE) * G];
-                if bt.clean[b] {
-                    tile::<G, true>(bt, b, &mut ts, out);
-                } else {
-                    tile::<G, false>(bt, b, &mut ts, out);
-                }
-                f(q, n, &ts.prompts());
-            });
-            bad = bad.or(found.map(|i| q0 * G + i));
-        }
-        bad
+                    f(q, n, &ts.prompts());
+                })
+            },
+        )
     }
 
     /// One rollout row of pass 2 (16 prompts' scores, NaN ones already 0): `score * mult`
@@ -873,7 +926,7 @@ mod tests {
                     let eps = if si == 3 { 0.0 } else { 1e-4 };
                     let p = ScoreParams::new(scale, bstd, eps, g);
                     let mut out = vec![f32::NAN; r.len()];
-                    assert_eq!(scores(&r, g, &p, &mut out), None);
+                    assert_eq!(scores(&r, g, &p, None, &mut out), None);
                     let mut want_sums = Vec::new();
                     for (rq, oq) in r.chunks_exact(g).zip(out.chunks_exact(g)) {
                         let m = moments(rq);
@@ -938,11 +991,11 @@ mod tests {
         r[4 * 35] = f32::INFINITY;
         let p = ScoreParams::new(Scale::Group, 0.0, 1e-4, 4);
         let mut out = vec![0.0; r.len()];
-        assert_eq!(scores(&r, 4, &p, &mut out), Some(83));
+        assert_eq!(scores(&r, 4, &p, None, &mut out), Some(83));
         let mut sc = vec![0.0; scores_len(37, 4)];
         let (mut bin, mut pat) = (vec![false; tiles_len(37)], vec![0u32; tiles_len(37) * TILE]);
         assert_eq!(sums(&r, 4, &p, None, &mut sc, &mut bin, &mut pat, &mut |_, _, _| {}), Some(83));
-        assert_eq!(scores(&r[4 * 32..], 4, &p, &mut out[4 * 32..]), Some(12));
+        assert_eq!(scores(&r[4 * 32..], 4, &p, None, &mut out[4 * 32..]), Some(12));
         // +inf and -inf in one prompt (its sum is NaN)
         r[4 * 20 + 1] = f32::INFINITY;
         assert_eq!(sums(&r, 4, &p, None, &mut sc, &mut bin, &mut pat, &mut |_, _, _| {}), Some(81));
@@ -1003,8 +1056,11 @@ mod tests {
                     let (mut out, mut mass) = (vec![f32::NAN; np * g], vec![0.0; 3]);
                     weighted(&sc, &bin, &pat, t, g, &wt, &mut out, &mut mass);
                     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    let mut gs = vec![f32::NAN; np * g];
+                    assert_eq!(scores(&r, g, &p, t, &mut gs), None);
+                    let gs: Vec<u64> = gs.iter().map(|x| x.to_bits() as u64).collect();
                     let ps: Vec<u64> = ps.iter().flat_map(|s| bits(s)).collect();
-                    got.push((ps, out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), bits(&mass)));
+                    got.push((ps, out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), bits(&mass), gs));
                 }
                 assert!(got[0] == got[1], "g {g} scale {scale:?} eps {eps}");
             }

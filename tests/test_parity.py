@@ -53,6 +53,24 @@ def test_group_advantages_match_reference(batch, scale):
     np.testing.assert_array_equal(ours, fairgrpo.group_advantages(r, g, scale=scale, n_threads=1))
 
 
+@pytest.mark.parametrize("g", [4, 10, 12])
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_group_advantages_on_large_binary_batches(g, scale):
+    """Runs of 128 prompts of 0/1 rewards take the pattern table; runs with a NaN, a 0.5 or a
+    -0.0 reward do not: the reference's scores, and the same bits for 1, 2 and 3 threads."""
+    rng = np.random.default_rng(10 + g)
+    p = 128 * 40 + 77
+    r = (rng.random(p * g) < 0.6).astype(np.float32)
+    r[: 3 * g] = 1.0
+    r[128 * g * 3 + 5] = np.nan
+    r[128 * g * 7 + 1] = 0.5
+    r[128 * g * 11 + 2] = -0.0
+    ours = fairgrpo.group_advantages(r, g, scale=scale)
+    assert_same(ours, ref.group_advantages(r, g, scale))
+    for t in (1, 3):
+        np.testing.assert_array_equal(ours, fairgrpo.group_advantages(r, g, scale=scale, n_threads=t))
+
+
 def trl_advantages(rewards: np.ndarray, g: int, scale: str) -> np.ndarray:
     """TRL 1.16 GRPOTrainer's lines (sum_then_normalize), on torch, with TRL's own nanstd."""
     torch = pytest.importorskip("torch")
