@@ -1,5 +1,6 @@
 //! Times FairAdvantage("robust") steps on binary f32 rewards, 4 sources x 8 groups, all
-//! prompts labelled: `cargo run --release --example fair_probe -- PROMPTS REPS THREADS`.
+//! prompts labelled: `cargo run --release --example fair_probe -- PROMPTS REPS THREADS [GRADED]`
+//! (GRADED = 1: 0/1 plus 0.2 for 70 % of the rollouts, the step's general path).
 use _core::config::FairConfig;
 use _core::fair::FairAdvantage;
 use _core::labels::Labels;
@@ -15,7 +16,17 @@ fn main() {
     );
     let g = 10;
     let mut rng = SplitMix64::new(2);
-    let r: Vec<f32> = (0..p * g).map(|_| (rng.uniform() < 0.6) as u8 as f32).collect();
+    let graded = a.get(3) == Some(&1);
+    let r: Vec<f32> = (0..p * g)
+        .map(|_| {
+            let v = (rng.uniform() < 0.6) as u8 as f32;
+            if graded && rng.uniform() < 0.7 {
+                v + 0.2
+            } else {
+                v
+            }
+        })
+        .collect();
     let src: Vec<i64> = (0..p).map(|_| rng.below(4) as i64).collect();
     let grp: Vec<i64> = (0..p).map(|_| rng.below(8) as i64).collect();
     let mut out = vec![0.0f32; p * g];

@@ -471,6 +471,7 @@ mod imp {
             let mut inf = false;
             for b in 0..nt {
                 let (q, n) = tile(b);
+                prefetch_next::<G>(r.as_ptr().wrapping_add(q * G));
                 inf |= bt.load(b, &r[q * G..(q + n) * G], n);
             }
             if inf && bad.is_none() {
@@ -587,6 +588,17 @@ mod imp {
         ))
     }
 
+    /// Asks for the rewards of the tile [`BATCH`] tiles after the one at `tile` (the kernels
+    /// wait on their loads otherwise). A prefetch never faults, so the address may lie past
+    /// the end of the rewards.
+    #[inline(always)]
+    unsafe fn prefetch_next<const G: usize>(tile: *const f32) {
+        let ahead = tile.wrapping_add(BATCH * TILE * G) as *const i8;
+        for j in 0..G {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * j));
+        }
+    }
+
     /// The 0/1 patterns (bit i = rollout i is 1.0) of the [`BATCH`] full tiles at `r`, or
     /// false if some reward is neither +0.0 nor 1.0 (compared as bits: -0.0 or NaN is not).
     #[inline(always)]
@@ -597,6 +609,7 @@ mod imp {
         let zero = _mm512_setzero_si512();
         let x = r.as_ptr() as *const i32;
         for (b, pt) in pats.chunks_exact_mut(TILE).enumerate() {
+            prefetch_next::<G>((x as *const f32).wrapping_add(b * TILE * G));
             let mut other: __mmask16 = 0;
             for (l, v) in pt.iter_mut().enumerate() {
                 let row = _mm512_maskz_loadu_epi32(gm, x.add((b * TILE + l) * G));
