@@ -93,7 +93,7 @@ def group_advantages(
 
     Example:
         >>> group_advantages([1.0, 0.0, 1.0, 1.0], group_size=2).round(4)
-        array([ 0.7070, -0.7070,  0.    ,  0.    ])
+        array([ 0.707, -0.707,  0.   ,  0.   ])
     """
     a = _to_numpy(rewards, "rewards")
     shape = a.shape
@@ -365,6 +365,7 @@ class FairAdvantage:
 
     Example:
         >>> fa = FairAdvantage(preset="robust")
+        >>> rewards = [1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
         >>> out = fa(rewards, group_size=4, sources=["a", "a", "b"], groups=["f", None, "m"])
         >>> out.advantages.shape, out.weights.shape
         ((12,), (3,))
