@@ -178,7 +178,7 @@ pub fn group_advantages<T: Real>(
         // f32 on AVX-512: 16 prompts per tile, bitwise the portable code below
         let p = tiles::ScoreParams::new(scale, bstd, eps, g);
         // 0/1 rewards look their scores up (when the batch has as many prompts as patterns)
-        let table = if rewards.len() / g >= 1 << g.min(31) { tiles::BinaryTable::new(g, &p) } else { None };
+        let table = tiles::BinaryTable::for_batch(g, &p, rewards.len() / g);
         let per_chunk = TILED_CHUNK * g;
         map_chunks_mut(o, per_chunk, threads, |c, o| {
             let base = c * per_chunk;

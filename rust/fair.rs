@@ -359,7 +359,7 @@ impl FairAdvantage {
             // 0/1 rewards look their results up (built when the batch has as many prompts
             // as the table has patterns; kept while G and the scale stay)
             if table.as_ref().is_none_or(|t| !t.fits(g, &sp)) {
-                *table = if p >= 1 << g.min(31) { BinaryTable::new(g, &sp) } else { None };
+                *table = BinaryTable::for_batch(g, &sp, p);
             }
         }
         let table = table.as_ref().filter(|t| t.fits(g, &sp));

@@ -59,7 +59,10 @@ impl ScoreParams {
     }
 }
 
-/// Tiles per batch of the kernels (and per run of 0/1 tiles that take the table).
+/// Tiles per batch of the kernels (and per run of 0/1 tiles that take the table). Each phase
+/// of a kernel runs over the batch's tiles, whose dependency chains (a sum, a division, a sum
+/// of squares, a square root, a division) are independent: the CPU overlaps them instead of
+/// waiting on one tile at a time.
 pub const BATCH: usize = 8;
 
 /// What pass 1 hands on per prompt: the sum and count of the scorable rewards (as
@@ -126,6 +129,15 @@ impl BinaryTable {
             })
             .collect();
         Some(BinaryTable { g, key: p.key(), sums: sums_v, score })
+    }
+
+    /// [`BinaryTable::new`] when a batch of `prompts` prompts pays for building it (at least
+    /// as many prompts as patterns).
+    pub fn for_batch(g: usize, p: &ScoreParams, prompts: usize) -> Option<Self> {
+        if g > Self::MAX_G || prompts < 1 << g {
+            return None;
+        }
+        Self::new(g, p)
     }
 
     /// Whether this is the table for `g` and `p`.
@@ -274,10 +286,6 @@ mod imp {
     use crate::kernels::avx512::transpose;
     use std::arch::x86_64::*;
 
-    // Tiles per batch ([`BATCH`]): each phase below runs over the batch's tiles, whose
-    // dependency chains (a sum, a division, a sum of squares, a square root, a division) are
-    // independent: the CPU overlaps them instead of waiting on one tile at a time.
-
     /// 16 x 16 f32, cache-line aligned: a tile's rewards (padded) or its results.
     #[repr(C, align(64))]
     struct Buf([f32; TILE * TILE]);
@@ -359,10 +367,7 @@ mod imp {
             for (i, &v) in xt.iter().enumerate() {
                 let ok = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v);
                 all &= ok;
-                let x = [
-                    _mm512_cvtps_pd(_mm512_castps512_ps256(v)),
-                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))),
-                ];
+                let x = widen(v);
                 for h in 0..2 {
                     // `sum += ok ? v : 0` (a sum that starts at +0 never becomes -0, so
                     // skipping the +0 leaves the same bits)
@@ -525,18 +530,19 @@ mod imp {
             }
         }
         let mut buf = Buf::new();
-        let gm = ((1u32 << G) - 1) as __mmask16;
-        let o = out.as_mut_ptr();
+        // both closures write disjoint prompts of `out`, through one pointer
         assert!(out.len() == r.len());
+        let o = out.as_mut_ptr();
         runs::<G>(
             r,
             table.is_some(),
             |q0, pats| {
                 let t = table.expect("runs only finds 0/1 runs with a table");
-                for (l, &pt) in pats.iter().enumerate() {
-                    let [s0, s1] = t.score[pt as usize];
-                    let row = _mm512_mask_blend_ps(pt as __mmask16, _mm512_set1_ps(s0), _mm512_set1_ps(s1));
-                    _mm512_mask_storeu_ps(o.add((q0 + l) * G), gm, row);
+                for (b, pt) in pats.chunks_exact(TILE).enumerate() {
+                    let pt: &[u32; TILE] = pt.try_into().expect("a tile of patterns");
+                    let s01 = table_scores(pt, t);
+                    let q = q0 + b * TILE;
+                    put_rows::<G>(pt, &s01, std::slice::from_raw_parts_mut(o.add(q * G), TILE * G));
                 }
             },
             |q0, rb| {
@@ -547,10 +553,61 @@ mod imp {
                         tile::<G, false>(bt, b, &mut buf);
                     }
                     let q = q0 + q;
-                    store::<G>(&buf, &mut out[q * G..(q + n) * G], n);
+                    store::<G>(&buf, std::slice::from_raw_parts_mut(o.add(q * G), n * G), n);
                 })
             },
         )
+    }
+
+    /// The table's scores of a 0 and of a 1 reward for each prompt of a 0/1 tile.
+    #[inline(always)]
+    fn table_scores(pats: &[u32; TILE], t: &BinaryTable) -> [[f32; TILE]; 2] {
+        let mut s01 = [[0.0f32; TILE]; 2];
+        for (l, &pt) in pats.iter().enumerate() {
+            [s01[0][l], s01[1][l]] = t.score[pt as usize];
+        }
+        s01
+    }
+
+    /// Writes a 0/1 tile prompt by prompt: rollout i of prompt l gets `v[1][l]` if bit i of
+    /// `pats[l]` is set, else `v[0][l]`.
+    #[inline(always)]
+    unsafe fn put_rows<const G: usize>(pats: &[u32; TILE], v: &[[f32; TILE]; 2], out: &mut [f32]) {
+        assert!(out.len() >= TILE * G);
+        let gm = ((1u32 << G) - 1) as __mmask16;
+        for (l, &pt) in pats.iter().enumerate() {
+            let row = _mm512_mask_blend_ps(pt as __mmask16, _mm512_set1_ps(v[0][l]), _mm512_set1_ps(v[1][l]));
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(l * G), gm, row);
+        }
+    }
+
+    /// Per-lane |A| partial sums of pass 2: rollout i goes to partial `i % 4`, and a
+    /// prompt's total is `(p0 + p1) + (p2 + p3)` (as [`crate::blocks::write_prompt_scores`] sums it).
+    struct Mass([[__m512d; 2]; 4]);
+
+    impl Mass {
+        #[inline(always)]
+        unsafe fn new() -> Self {
+            Mass([[_mm512_setzero_pd(); 2]; 4])
+        }
+
+        /// Adds |v| (rollout i of the 16 prompts).
+        #[inline(always)]
+        unsafe fn add(&mut self, i: usize, v: __m512) {
+            for (p, a) in self.0[i & 3].iter_mut().zip(widen(_mm512_abs_ps(v))) {
+                *p = _mm512_add_pd(*p, a);
+            }
+        }
+
+        /// The 16 prompts' totals.
+        #[inline(always)]
+        unsafe fn store(&self, lane_mass: &mut [f64; TILE]) {
+            let p = &self.0;
+            for (h, lm) in lane_mass.chunks_exact_mut(8).enumerate() {
+                let tot = _mm512_add_pd(_mm512_add_pd(p[0][h], p[1][h]), _mm512_add_pd(p[2][h], p[3][h]));
+                _mm512_storeu_pd(lm.as_mut_ptr(), tot);
+            }
+        }
     }
 
     /// Splits `r` into runs of [`BATCH`] tiles: a full run of 0/1 rewards goes to
@@ -751,41 +808,22 @@ mod imp {
         out: &mut [f32],
         lane_mass: &mut [f64; TILE],
     ) {
-        assert!(out.len() >= TILE * G);
-        let mut s01 = [[0.0f32; TILE]; 2];
-        for (l, &pt) in pats.iter().enumerate() {
-            let s = t.score[pt as usize];
-            s01[0][l] = s[0];
-            s01[1][l] = s[1];
-        }
+        let mut s01 = table_scores(pats, t);
         let (shift, scale) = (_mm512_set1_pd(shift), _mm512_set1_pd(scale));
         let m = [_mm512_loadu_pd(mult.as_ptr()), _mm512_loadu_pd(mult.as_ptr().add(8))];
         let a0 = weigh::<true, SAFE>(_mm512_loadu_ps(s01[0].as_ptr()), 0xffff, &m, shift, scale);
         let a1 = weigh::<true, SAFE>(_mm512_loadu_ps(s01[1].as_ptr()), 0xffff, &m, shift, scale);
         let patv = _mm512_loadu_si512(pats.as_ptr() as *const _);
-        let mut part = [[_mm512_setzero_pd(); 2]; 4];
+        let mut mass = Mass::new();
         for i in 0..G {
             let ones = _mm512_test_epi32_mask(patv, _mm512_set1_epi32(1 << i));
-            let av = _mm512_abs_ps(_mm512_mask_blend_ps(ones, a0, a1));
-            let am = widen(av);
-            for (p, a) in part[i & 3].iter_mut().zip(am) {
-                *p = _mm512_add_pd(*p, a);
-            }
+            mass.add(i, _mm512_mask_blend_ps(ones, a0, a1));
         }
-        for (h, lm) in lane_mass.chunks_exact_mut(8).enumerate() {
-            let tot =
-                _mm512_add_pd(_mm512_add_pd(part[0][h], part[1][h]), _mm512_add_pd(part[2][h], part[3][h]));
-            _mm512_storeu_pd(lm.as_mut_ptr(), tot);
-        }
+        mass.store(lane_mass);
+        // the advantages of a 0 and of a 1 reward, per prompt
         _mm512_storeu_ps(s01[0].as_mut_ptr(), a0);
         _mm512_storeu_ps(s01[1].as_mut_ptr(), a1);
-        let gm = ((1u32 << G) - 1) as __mmask16;
-        let o = out.as_mut_ptr();
-        for (l, &pt) in pats.iter().enumerate() {
-            let row =
-                _mm512_mask_blend_ps(pt as __mmask16, _mm512_set1_ps(s01[0][l]), _mm512_set1_ps(s01[1][l]));
-            _mm512_mask_storeu_ps(o.add(l * G), gm, row);
-        }
+        put_rows::<G>(pats, &s01, out);
     }
 
     #[target_feature(enable = "avx512f")]
@@ -813,7 +851,7 @@ mod imp {
             assert!(s.len() >= G * TILE);
             let (shift, scale) = (_mm512_set1_pd(shift), _mm512_set1_pd(scale));
             let m = [_mm512_loadu_pd(mult.as_ptr()), _mm512_loadu_pd(mult.as_ptr().add(8))];
-            let mut part = [[_mm512_setzero_pd(); 2]; 4];
+            let mut mass = Mass::new();
             for i in 0..G {
                 let row = _mm512_loadu_ps(s.as_ptr().add(i * TILE));
                 // a NaN score marks a NaN reward: its score counts as 0, its advantage is 0
@@ -821,19 +859,9 @@ mod imp {
                 let row = if CLEAN { row } else { _mm512_maskz_mov_ps(ok, row) };
                 let v = weigh::<CLEAN, SAFE>(row, ok, &m, shift, scale);
                 _mm512_store_ps(buf.0.as_mut_ptr().add(i * TILE), v);
-                let av = _mm512_abs_ps(v);
-                let am = widen(av);
-                for (p, a) in part[i & 3].iter_mut().zip(am) {
-                    *p = _mm512_add_pd(*p, a);
-                }
+                mass.add(i, v);
             }
-            for (h, lm) in lane_mass.chunks_exact_mut(8).enumerate() {
-                let tot = _mm512_add_pd(
-                    _mm512_add_pd(part[0][h], part[1][h]),
-                    _mm512_add_pd(part[2][h], part[3][h]),
-                );
-                _mm512_storeu_pd(lm.as_mut_ptr(), tot);
-            }
+            mass.store(lane_mass);
         }
         /// Multipliers up to this size times any finite f32 stay finite.
         const SAFE_MULT: f64 = 1e250;
@@ -848,37 +876,33 @@ mod imp {
             for (m, &c) in mult.iter_mut().zip(cells) {
                 *m = w.mult[c as usize];
             }
-            let s = &sc[q * G..(q + TILE) * G];
+            let safe = safe_all || mult.iter().all(|m| m.abs() <= SAFE_MULT);
+            let o = &mut out[q * G..(q + n) * G];
             if let (true, Some(t)) = (bin[q / TILE], table) {
-                let pats: &[u32; TILE] = pat[q..q + TILE].try_into().unwrap();
-                let safe = safe_all || mult.iter().all(|m| m.abs() <= SAFE_MULT);
-                let o = &mut out[q * G..(q + TILE) * G];
+                // 0/1 tiles are full
+                let pats: &[u32; TILE] = pat[q..q + TILE].try_into().expect("a full tile");
                 if safe {
                     binary::<G, true>(pats, t, &mult, w.shift, w.scale, o, &mut lane_mass);
                 } else {
                     binary::<G, false>(pats, t, &mult, w.shift, w.scale, o, &mut lane_mass);
                 }
-                for (&c, &m) in cells.iter().zip(&lane_mass) {
-                    mass[c as usize] += m;
+            } else {
+                let s = &sc[q * G..(q + TILE) * G];
+                // the padded lanes of a last partial tile hold zeros or stale scores: their
+                // results are not stored
+                let clean = (0..G).all(|i| {
+                    let row = _mm512_loadu_ps(s.as_ptr().add(i * TILE));
+                    _mm512_cmp_ps_mask::<_CMP_ORD_Q>(row, row) == 0xffff
+                });
+                let (m, lm) = (&mult, &mut lane_mass);
+                match (clean, safe) {
+                    (true, true) => tile::<G, true, true>(s, m, w.shift, w.scale, &mut buf, lm),
+                    (true, false) => tile::<G, true, false>(s, m, w.shift, w.scale, &mut buf, lm),
+                    (false, true) => tile::<G, false, true>(s, m, w.shift, w.scale, &mut buf, lm),
+                    (false, false) => tile::<G, false, false>(s, m, w.shift, w.scale, &mut buf, lm),
                 }
-                continue;
+                store::<G>(&buf, o, n);
             }
-            // the padded lanes of a last partial tile hold zeros or stale scores: their
-            // results are not stored
-            let clean = (0..G).all(|i| {
-                let row = _mm512_loadu_ps(s.as_ptr().add(i * TILE));
-                _mm512_cmp_ps_mask::<_CMP_ORD_Q>(row, row) == 0xffff
-            });
-            let safe = safe_all || mult.iter().all(|m| m.abs() <= SAFE_MULT);
-            match (clean, safe) {
-                (true, true) => tile::<G, true, true>(s, &mult, w.shift, w.scale, &mut buf, &mut lane_mass),
-                (true, false) => tile::<G, true, false>(s, &mult, w.shift, w.scale, &mut buf, &mut lane_mass),
-                (false, true) => tile::<G, false, true>(s, &mult, w.shift, w.scale, &mut buf, &mut lane_mass),
-                (false, false) => {
-                    tile::<G, false, false>(s, &mult, w.shift, w.scale, &mut buf, &mut lane_mass)
-                }
-            }
-            store::<G>(&buf, &mut out[q * G..(q + n) * G], n);
             for (&c, &m) in cells.iter().zip(&lane_mass) {
                 mass[c as usize] += m;
             }
