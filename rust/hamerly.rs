@@ -170,21 +170,11 @@ pub(crate) fn bounded_pass<T: Real>(
         let mut delta = Delta::new(k, d);
         let mut moved = Vec::new();
         near.run(isa, xs, gt, lab, mar, &mut moved);
-        // the rows that changed centre, in row order
-        moved.sort_unstable_by_key(|&(i, _)| i);
+        // the rows that changed centre, in row order (`run` lists them in a few ascending
+        // runs, which the stable sort merges)
+        moved.sort_by_key(|&(i, _)| i);
         delta.changed = moved.len() as u64;
-        for (i, old) in moved {
-            let (i, old, new) = (i as usize, old as usize, lab[i as usize] as usize);
-            delta.counts[new] += 1;
-            delta.counts[old] -= 1;
-            let row = &xs[i * d..(i + 1) * d];
-            for (s, v) in delta.sums[new * d..(new + 1) * d].iter_mut().zip(row) {
-                *s += v.to_f64();
-            }
-            for (s, v) in delta.sums[old * d..(old + 1) * d].iter_mut().zip(row) {
-                *s -= v.to_f64();
-            }
-        }
+        add_moved(isa, xs, d, lab, &moved, &mut delta);
         delta
     });
     let mut total = Delta::new(k, d);
@@ -192,6 +182,34 @@ pub(crate) fn bounded_pass<T: Real>(
         total.add(p);
     }
     total
+}
+
+/// Adds every moved row to its new centre's sums and subtracts it from its old one's, in
+/// row order (`moved` is sorted), and counts the moves.
+fn add_moved<T: Real>(isa: Isa, xs: &[T], d: usize, lab: &[u32], moved: &[(u32, u32)], delta: &mut Delta) {
+    for &(i, old) in moved {
+        delta.counts[lab[i as usize] as usize] += 1;
+        delta.counts[old as usize] -= 1;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && (1..=16).contains(&d) {
+        if let Some(x32) = T::as_f32(xs) {
+            // SAFETY: Isa::Avx512 comes from Isa::detect, which checked the features.
+            unsafe { avx512::add_moved_f32(x32, d, lab, moved, &mut delta.sums) };
+            return;
+        }
+    }
+    let _ = isa;
+    for &(i, old) in moved {
+        let (i, old, new) = (i as usize, old as usize, lab[i as usize] as usize);
+        let row = &xs[i * d..(i + 1) * d];
+        for (s, v) in delta.sums[new * d..(new + 1) * d].iter_mut().zip(row) {
+            *s += v.to_f64();
+        }
+        for (s, v) in delta.sums[old * d..(old + 1) * d].iter_mut().zip(row) {
+            *s -= v.to_f64();
+        }
+    }
 }
 
 /// Rows that changed centre: (row in the chunk, old label).
@@ -306,6 +324,46 @@ mod avx512 {
     use crate::kernels::avx512::{dist, transpose};
     use std::arch::x86_64::*;
 
+    /// [`super::add_moved`]'s sums for f32 rows of `1 <= d <= 16` values: the row is
+    /// widened to f64 in two registers and added to / subtracted from its centres' sums,
+    /// kept 16 wide (zero-padded) in a local array so that whole-register loads and stores
+    /// forward to each other; each sum takes the same operations in the same order as the
+    /// scalar loop, from the same zeros.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `sums` holds `k * d` zeros and every label is `< k`.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,avx")]
+    pub(super) unsafe fn add_moved_f32(
+        xs: &[f32],
+        d: usize,
+        lab: &[u32],
+        moved: &[(u32, u32)],
+        sums: &mut [f64],
+    ) {
+        let m16 = ((1u32 << d) - 1) as __mmask16;
+        let k = sums.len() / d;
+        let mut acc = vec![[_mm512_setzero_pd(); 2]; k];
+        for &(i, old) in moved {
+            let (i, old, new) = (i as usize, old as usize, lab[i as usize] as usize);
+            assert!((i + 1) * d <= xs.len());
+            let row = _mm512_maskz_loadu_ps(m16, xs.as_ptr().add(i * d));
+            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(row));
+            let hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(row));
+            let an = &mut acc[new];
+            an[0] = _mm512_add_pd(an[0], lo);
+            an[1] = _mm512_add_pd(an[1], hi);
+            let ao = &mut acc[old];
+            ao[0] = _mm512_sub_pd(ao[0], lo);
+            ao[1] = _mm512_sub_pd(ao[1], hi);
+        }
+        let mut v = [0.0f64; 16];
+        for (a, s) in acc.iter().zip(sums.chunks_exact_mut(d)) {
+            _mm512_storeu_pd(v.as_mut_ptr(), a[0]);
+            _mm512_storeu_pd(v.as_mut_ptr().add(8), a[1]);
+            s.copy_from_slice(&v[..d]);
+        }
+    }
+
     /// A window of 16 consecutive rows with at least this many to measure is measured
     /// whole, straight from `x` (sequential reads); sparser rows are gathered 16 at a time.
     const DENSE: u32 = 4;
@@ -334,6 +392,25 @@ mod avx512 {
         go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
     }
 
+    /// Windows (dense) or rows (sparse) ahead of the one being measured whose rows are
+    /// prefetched: once the iterations skip rows, the reads stop being one sequential
+    /// stream and the hardware prefetcher no longer runs ahead of them.
+    const AHEAD_WINDOWS: usize = 4;
+    const AHEAD_ROWS: usize = 16;
+
+    /// Prefetches the `bytes` bytes at `p` into L1.
+    #[inline(always)]
+    unsafe fn prefetch(p: *const f32, bytes: usize) {
+        let p = p as *const i8;
+        let mut o = 0;
+        while o < bytes {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o));
+            o += 64;
+        }
+        // the last byte's line, when the range does not start on a line
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(bytes - 1));
+    }
+
     #[inline(always)]
     unsafe fn run<const D: usize>(
         n: &Near<'_, f32>,
@@ -345,31 +422,15 @@ mod avx512 {
     ) -> u64 {
         let rows = label.len();
         let g = _mm512_set1_ps(gt);
+        // which windows to measure whole and which rows one by one, before any is read
+        let mut dense: Vec<u32> = Vec::new();
         let mut sparse: Vec<u32> = Vec::new();
-        let mut measured = 0u64;
-        let mut r = [_mm512_setzero_ps(); 16];
-        let mut xt = [_mm512_setzero_ps(); D];
         for w in 0..rows / 16 {
             let o = w * 16;
             let mut bits =
                 _mm512_cmp_ps_mask::<_CMP_NGT_UQ>(_mm512_loadu_ps(margin.as_ptr().add(o)), g) as u32;
-            if bits == 0 {
-                continue;
-            }
             if bits.count_ones() >= DENSE {
-                transpose::<D>(xs.as_ptr().add(o * D), &mut r, &mut xt);
-                let (lab, mg) = measure::<D>(n, &xt);
-                let at = label.as_mut_ptr().add(o) as *mut __m512i;
-                let old = _mm512_loadu_si512(at as *const _);
-                let mut ch = _mm512_cmpneq_epi32_mask(old, lab) as u32;
-                while ch != 0 {
-                    let l = ch.trailing_zeros() as usize;
-                    moved.push(((o + l) as u32, label[o + l]));
-                    ch &= ch - 1;
-                }
-                _mm512_storeu_si512(at as *mut _, lab);
-                _mm512_storeu_ps(margin.as_mut_ptr().add(o), mg);
-                measured += 16;
+                dense.push(o as u32);
             } else {
                 while bits != 0 {
                     sparse.push((o as u32) + bits.trailing_zeros());
@@ -380,10 +441,32 @@ mod avx512 {
         let tail = rows / 16 * 16;
         // margins are never NaN: not above `gt` is `<= gt`
         sparse.extend((tail..rows).filter(|&i| margin[i] <= gt).map(|i| i as u32));
-        measured += sparse.len() as u64;
+        let mut r = [_mm512_setzero_ps(); 16];
+        let mut xt = [_mm512_setzero_ps(); D];
+        for (q, &o) in dense.iter().enumerate() {
+            if let Some(&a) = dense.get(q + AHEAD_WINDOWS) {
+                prefetch(xs.as_ptr().add(a as usize * D), 16 * D * 4);
+            }
+            let o = o as usize;
+            transpose::<D>(xs.as_ptr().add(o * D), &mut r, &mut xt);
+            let (lab, mg) = measure::<D>(n, &xt);
+            let at = label.as_mut_ptr().add(o) as *mut __m512i;
+            let old = _mm512_loadu_si512(at as *const _);
+            let mut ch = _mm512_cmpneq_epi32_mask(old, lab) as u32;
+            while ch != 0 {
+                let l = ch.trailing_zeros() as usize;
+                moved.push(((o + l) as u32, label[o + l]));
+                ch &= ch - 1;
+            }
+            _mm512_storeu_si512(at as *mut _, lab);
+            _mm512_storeu_ps(margin.as_mut_ptr().add(o), mg);
+        }
         let mut buf = [0.0f32; 16 * 16];
         let (mut lb, mut mb) = ([0u32; 16], [0.0f32; 16]);
-        for group in sparse.chunks(16) {
+        for (q, group) in sparse.chunks(16).enumerate() {
+            for &a in sparse.iter().skip(q * 16 + AHEAD_ROWS).take(16) {
+                prefetch(xs.as_ptr().add(a as usize * D), D * 4);
+            }
             for (l, &i) in group.iter().enumerate() {
                 buf[l * D..(l + 1) * D].copy_from_slice(&xs[i as usize * D..(i as usize + 1) * D]);
             }
@@ -401,7 +484,7 @@ mod avx512 {
                 margin[i] = mb[l];
             }
         }
-        measured
+        (dense.len() * 16 + sparse.len()) as u64
     }
 
     /// Nearest centre (strict `<` from `f32::MAX`, lowest index on ties; each lane's
