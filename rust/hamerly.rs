@@ -422,22 +422,28 @@ mod avx512 {
     ) -> u64 {
         let rows = label.len();
         let g = _mm512_set1_ps(gt);
-        // which windows to measure whole and which rows one by one, before any is read
-        let mut dense: Vec<u32> = Vec::new();
-        let mut sparse: Vec<u32> = Vec::new();
-        for w in 0..rows / 16 {
+        // which windows to measure whole and which rows one by one, before any is read;
+        // without branches: every window is written to the end of both lists, and each
+        // list's end moves past it only when it belongs there
+        let full = rows / 16;
+        let mut dense: Vec<u32> = Vec::with_capacity(full + 1);
+        let mut sparse: Vec<u32> = Vec::with_capacity(rows + 16);
+        let (dp, sp) = (dense.as_mut_ptr(), sparse.as_mut_ptr());
+        let (mut nd, mut ns) = (0usize, 0usize);
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for w in 0..full {
             let o = w * 16;
-            let mut bits =
-                _mm512_cmp_ps_mask::<_CMP_NGT_UQ>(_mm512_loadu_ps(margin.as_ptr().add(o)), g) as u32;
-            if bits.count_ones() >= DENSE {
-                dense.push(o as u32);
-            } else {
-                while bits != 0 {
-                    sparse.push((o as u32) + bits.trailing_zeros());
-                    bits &= bits - 1;
-                }
-            }
+            let bits = _mm512_cmp_ps_mask::<_CMP_NGT_UQ>(_mm512_loadu_ps(margin.as_ptr().add(o)), g);
+            let cnt = bits.count_ones();
+            let is_dense = cnt >= DENSE;
+            *dp.add(nd) = o as u32;
+            nd += is_dense as usize;
+            let idx = _mm512_add_epi32(lane, _mm512_set1_epi32(o as i32));
+            _mm512_storeu_si512(sp.add(ns) as *mut _, _mm512_maskz_compress_epi32(bits, idx));
+            ns += if is_dense { 0 } else { cnt as usize };
         }
+        dense.set_len(nd);
+        sparse.set_len(ns);
         let tail = rows / 16 * 16;
         // margins are never NaN: not above `gt` is `<= gt`
         sparse.extend((tail..rows).filter(|&i| margin[i] <= gt).map(|i| i as u32));
