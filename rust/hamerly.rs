@@ -321,7 +321,7 @@ fn nearest_row<T: Real>(row: &[T], centres: &[T], d: usize) -> (u32, T, T) {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{Moved, Near};
-    use crate::kernels::avx512::{dist, transpose};
+    use crate::kernels::avx512::{dist, prefetch, transpose};
     use std::arch::x86_64::*;
 
     /// [`super::add_moved`]'s sums for f32 rows of `1 <= d <= 16` values: the row is
@@ -398,19 +398,6 @@ mod avx512 {
     const AHEAD_WINDOWS: usize = 4;
     const AHEAD_ROWS: usize = 16;
 
-    /// Prefetches the `bytes` bytes at `p` into L1.
-    #[inline(always)]
-    unsafe fn prefetch(p: *const f32, bytes: usize) {
-        let p = p as *const i8;
-        let mut o = 0;
-        while o < bytes {
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o));
-            o += 64;
-        }
-        // the last byte's line, when the range does not start on a line
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(bytes - 1));
-    }
-
     #[inline(always)]
     unsafe fn run<const D: usize>(
         n: &Near<'_, f32>,
@@ -451,7 +438,7 @@ mod avx512 {
         let mut xt = [_mm512_setzero_ps(); D];
         for (q, &o) in dense.iter().enumerate() {
             if let Some(&a) = dense.get(q + AHEAD_WINDOWS) {
-                prefetch(xs.as_ptr().add(a as usize * D), 16 * D * 4);
+                prefetch::<_MM_HINT_T0>(xs.as_ptr().add(a as usize * D), 16 * D * 4);
             }
             let o = o as usize;
             transpose::<D>(xs.as_ptr().add(o * D), &mut r, &mut xt);
@@ -471,7 +458,7 @@ mod avx512 {
         let (mut lb, mut mb) = ([0u32; 16], [0.0f32; 16]);
         for (q, group) in sparse.chunks(16).enumerate() {
             for &a in sparse.iter().skip(q * 16 + AHEAD_ROWS).take(16) {
-                prefetch(xs.as_ptr().add(a as usize * D), D * 4);
+                prefetch::<_MM_HINT_T0>(xs.as_ptr().add(a as usize * D), D * 4);
             }
             for (l, &i) in group.iter().enumerate() {
                 buf[l * D..(l + 1) * D].copy_from_slice(&xs[i as usize * D..(i as usize + 1) * D]);
