@@ -1,6 +1,8 @@
 //! Times FairAdvantage("robust") steps on binary f32 rewards, 4 sources x 8 groups, all
 //! prompts labelled: `cargo run --release --example fair_probe -- PROMPTS REPS THREADS [GRADED]`
-//! (GRADED = 1: 0/1 plus 0.2 for 70 % of the rollouts, the step's general path).
+//! (GRADED = 1: 0/1 plus 0.2 for 70 % of the rollouts, the step's general path). With
+//! `PAUSE_MS=150` every step follows a sleep, as in a training loop (the threads idle between
+//! calls); without it the steps run back to back.
 use _core::config::FairConfig;
 use _core::fair::FairAdvantage;
 use _core::labels::Labels;
@@ -34,7 +36,11 @@ fn main() {
     let cfg = FairConfig { n_threads: Some(threads), ..FairConfig::robust() };
     let mut fa = FairAdvantage::new(cfg).unwrap();
     let mut ts = Vec::new();
+    let pause = std::env::var("PAUSE_MS").ok().and_then(|v| v.parse::<u64>().ok());
     for _ in 0..reps + 1 {
+        if let Some(ms) = pause {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         let t0 = Instant::now();
         fa.step_into(&r, g, Labels::Ints(&src), Labels::Ints(&grp), Labels::Absent, &mut out, &mut w, &mut c)
             .unwrap();
