@@ -411,7 +411,8 @@ mod avx512 {
         let g = _mm512_set1_ps(gt);
         // which windows to measure whole and which rows one by one, before any is read;
         // without branches: every window is written to the end of both lists, and each
-        // list's end moves past it only when it belongs there
+        // list's end moves past it only when it belongs there (in bounds: before window w,
+        // `nd <= w` and `ns + 16 <= 16 * (w + 1) <= rows + 16`, the capacities)
         let full = rows / 16;
         let mut dense: Vec<u32> = Vec::with_capacity(full + 1);
         let mut sparse: Vec<u32> = Vec::with_capacity(rows + 16);
