@@ -1,6 +1,8 @@
 //! Times Lloyd fits on k overlapping Gaussian blobs (f32, d = 10, k = 3, the first k rows as
 //! the initial centres): `cargo run --release --example lloyd_probe -- N REPS THREADS ALGO`
 //! (ALGO = lloyd, hamerly, or pass: one assignment pass of the kernel alone, one thread). Prints the median time per iteration and the iteration count.
+//! With `X_F32=path` the rows are read from a raw little-endian f32 file of d = 10 columns
+//! instead (e.g. the blobs of `benches/compare.py`, written with numpy's `tofile`).
 use _core::kernels::{assign_chunk, Assign, Isa};
 use _core::kmeans::{lloyd, Algorithm};
 use _core::rng::SplitMix64;
@@ -16,17 +18,14 @@ fn main() {
     let mut rng = SplitMix64::new(7);
     // blob centres ~ U(-0.85, 0.85) (spread ~0.5) per feature, unit-ish noise (sum of uniforms)
     let centres: Vec<f64> = (0..k * d).map(|_| 1.7 * rng.uniform() - 0.85).collect();
-    let x: Vec<f32> = (0..n)
-        .flat_map(|_| {
-            let j = rng.below(k);
-            (0..d)
-                .map(|t| {
-                    let noise: f64 = (0..3).map(|_| rng.uniform()).sum::<f64>() * 2.0 - 3.0;
-                    (centres[j * d + t] + noise) as f32
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let x: Vec<f32> = match std::env::var("X_F32") {
+        Ok(path) => {
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("X_F32={path}: {e}"));
+            bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        }
+        Err(_) => synthetic(&mut rng, &centres, n, d, k),
+    };
+    let n = x.len() / d;
     let init: Vec<f64> = x[..k * d].iter().map(|&v| v as f64).collect();
     if algo_name == "pass" {
         // one assignment + accumulation pass over all rows on this thread, the kernel alone
@@ -66,4 +65,19 @@ fn main() {
     per_iter.remove(0);
     per_iter.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!("{:.3} ms/iter (median of {reps}), {iters} iterations", per_iter[reps / 2]);
+}
+
+/// k blobs around `centres` with unit-ish noise (a sum of three uniforms), `n` rows.
+fn synthetic(rng: &mut SplitMix64, centres: &[f64], n: usize, d: usize, k: usize) -> Vec<f32> {
+    (0..n)
+        .flat_map(|_| {
+            let j = rng.below(k);
+            (0..d)
+                .map(|t| {
+                    let noise: f64 = (0..3).map(|_| rng.uniform()).sum::<f64>() * 2.0 - 3.0;
+                    (centres[j * d + t] + noise) as f32
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }

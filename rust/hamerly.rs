@@ -168,13 +168,13 @@ pub(crate) fn bounded_pass<T: Real>(
         let lo = ci * CHUNK;
         let xs = &x[lo * d..(lo + lab.len()) * d];
         let mut delta = Delta::new(k, d);
-        let mut moved = Vec::new();
+        let mut moved = Moved::default();
         near.run(isa, xs, gt, lab, mar, &mut moved);
-        // the rows that changed centre, in row order (`run` lists them in a few ascending
-        // runs, which the stable sort merges)
-        moved.sort_by_key(|&(i, _)| i);
-        delta.changed = moved.len() as u64;
-        add_moved(isa, xs, d, lab, &moved, &mut delta);
+        let (rows, old) = moved.in_row_order();
+        delta.changed = rows.len() as u64;
+        if !rows.is_empty() {
+            add_moved(isa, xs, d, lab, &rows, &old, &mut delta);
+        }
         delta
     });
     let mut total = Delta::new(k, d);
@@ -184,23 +184,31 @@ pub(crate) fn bounded_pass<T: Real>(
     total
 }
 
-/// Adds every moved row to its new centre's sums and subtracts it from its old one's, in
-/// row order (`moved` is sorted), and counts the moves.
-fn add_moved<T: Real>(isa: Isa, xs: &[T], d: usize, lab: &[u32], moved: &[(u32, u32)], delta: &mut Delta) {
-    for &(i, old) in moved {
+/// Adds every moved row (`rows`, ascending, with their `old` labels) to its new centre's
+/// sums and subtracts it from its old one's, in row order, and counts the moves.
+fn add_moved<T: Real>(
+    isa: Isa,
+    xs: &[T],
+    d: usize,
+    lab: &[u32],
+    rows: &[u32],
+    old: &[u32],
+    delta: &mut Delta,
+) {
+    for (&i, &o) in rows.iter().zip(old) {
         delta.counts[lab[i as usize] as usize] += 1;
-        delta.counts[old as usize] -= 1;
+        delta.counts[o as usize] -= 1;
     }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && (1..=16).contains(&d) {
         if let Some(x32) = T::as_f32(xs) {
             // SAFETY: Isa::Avx512 comes from Isa::detect, which checked the features.
-            unsafe { avx512::add_moved_f32(x32, d, lab, moved, &mut delta.sums) };
+            unsafe { avx512::add_moved_f32(x32, d, lab, rows, old, &mut delta.sums) };
             return;
         }
     }
     let _ = isa;
-    for &(i, old) in moved {
+    for (&i, &old) in rows.iter().zip(old) {
         let (i, old, new) = (i as usize, old as usize, lab[i as usize] as usize);
         let row = &xs[i * d..(i + 1) * d];
         for (s, v) in delta.sums[new * d..(new + 1) * d].iter_mut().zip(row) {
@@ -212,8 +220,47 @@ fn add_moved<T: Real>(isa: Isa, xs: &[T], d: usize, lab: &[u32], moved: &[(u32, 
     }
 }
 
-/// Rows that changed centre: (row in the chunk, old label).
-type Moved = Vec<(u32, u32)>;
+/// The rows of a chunk that changed centre (row in the chunk, old label), listed as two
+/// ascending runs: `rows[..split]` and `rows[split..]` (rows measured in whole windows,
+/// then rows measured one by one).
+#[derive(Debug, Default)]
+struct Moved {
+    rows: Vec<u32>,
+    old: Vec<u32>,
+    split: usize,
+}
+
+impl Moved {
+    fn push(&mut self, row: u32, old: u32) {
+        self.rows.push(row);
+        self.old.push(old);
+    }
+
+    /// The moves in row order: the two runs merged (without branches on the data).
+    fn in_row_order(self) -> (Vec<u32>, Vec<u32>) {
+        let (a, b) = self.rows.split_at(self.split.min(self.rows.len()));
+        if a.is_empty() || b.is_empty() {
+            return (self.rows, self.old);
+        }
+        let (ao, bo) = self.old.split_at(a.len());
+        let n = self.rows.len();
+        let (mut rows, mut old) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            // the runs never share a row
+            let take_a = a[i] < b[j];
+            rows.push(if take_a { a[i] } else { b[j] });
+            old.push(if take_a { ao[i] } else { bo[j] });
+            i += take_a as usize;
+            j += !take_a as usize;
+        }
+        rows.extend_from_slice(&a[i..]);
+        rows.extend_from_slice(&b[j..]);
+        old.extend_from_slice(&ao[i..]);
+        old.extend_from_slice(&bo[j..]);
+        (rows, old)
+    }
+}
 
 /// Measures rows against every centre: the nearest (strict `<`, lowest index on ties) and
 /// the row's new margin.
@@ -288,7 +335,7 @@ impl<T: Real> Near<'_, T> {
             }
             let (j, best, second) = nearest_row(&xs[i * d..(i + 1) * d], self.centres, d);
             if *l != j {
-                moved.push((i as u32, *l));
+                moved.push(i as u32, *l);
                 *l = j;
             }
             let second = if one { f64::INFINITY } else { second.to_f64() };
@@ -326,9 +373,10 @@ mod avx512 {
 
     /// [`super::add_moved`]'s sums for f32 rows of `1 <= d <= 16` values: the row is
     /// widened to f64 in two registers and added to / subtracted from its centres' sums,
-    /// kept 16 wide (zero-padded) in a local array so that whole-register loads and stores
-    /// forward to each other; each sum takes the same operations in the same order as the
-    /// scalar loop, from the same zeros.
+    /// each sum taking the same operations in the same order as the scalar loop, from the
+    /// same zeros. Up to 4 centres' sums live in registers (every move updates each of them
+    /// under a mask: + the row for its new centre, + (-row), the same as - row, for its old
+    /// one); more live 16 wide in a local array.
     ///
     /// # Safety
     /// AVX-512F must be available; `sums` holds `k * d` zeros and every label is `< k`.
@@ -337,31 +385,82 @@ mod avx512 {
         xs: &[f32],
         d: usize,
         lab: &[u32],
-        moved: &[(u32, u32)],
+        rows: &[u32],
+        old: &[u32],
         sums: &mut [f64],
     ) {
-        let m16 = ((1u32 << d) - 1) as __mmask16;
         let k = sums.len() / d;
-        let mut acc = vec![[_mm512_setzero_pd(); 2]; k];
-        for &(i, old) in moved {
-            let (i, old, new) = (i as usize, old as usize, lab[i as usize] as usize);
-            assert!((i + 1) * d <= xs.len());
-            let row = _mm512_maskz_loadu_ps(m16, xs.as_ptr().add(i * d));
-            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(row));
-            let hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(row));
-            let an = &mut acc[new];
-            an[0] = _mm512_add_pd(an[0], lo);
-            an[1] = _mm512_add_pd(an[1], hi);
-            let ao = &mut acc[old];
-            ao[0] = _mm512_sub_pd(ao[0], lo);
-            ao[1] = _mm512_sub_pd(ao[1], hi);
-        }
+        let acc = match k {
+            2 => in_registers::<2>(xs, d, lab, rows, old),
+            3 => in_registers::<3>(xs, d, lab, rows, old),
+            4 => in_registers::<4>(xs, d, lab, rows, old),
+            _ => in_memory(xs, d, lab, rows, old, k),
+        };
         let mut v = [0.0f64; 16];
         for (a, s) in acc.iter().zip(sums.chunks_exact_mut(d)) {
             _mm512_storeu_pd(v.as_mut_ptr(), a[0]);
             _mm512_storeu_pd(v.as_mut_ptr().add(8), a[1]);
             s.copy_from_slice(&v[..d]);
         }
+    }
+
+    /// Row `i` of `xs` (`d <= 16` values) widened to f64, in two registers.
+    #[inline(always)]
+    unsafe fn widen_row(xs: &[f32], d: usize, i: usize) -> [__m512d; 2] {
+        assert!((i + 1) * d <= xs.len());
+        let row = _mm512_maskz_loadu_ps(((1u32 << d) - 1) as __mmask16, xs.as_ptr().add(i * d));
+        [_mm512_cvtps_pd(_mm512_castps512_ps256(row)), _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(row))]
+    }
+
+    #[inline(always)]
+    unsafe fn in_registers<const K: usize>(
+        xs: &[f32],
+        d: usize,
+        lab: &[u32],
+        rows: &[u32],
+        old: &[u32],
+    ) -> Vec<[__m512d; 2]> {
+        let mut acc = [[_mm512_setzero_pd(); 2]; K];
+        let sign = _mm512_set1_pd(-0.0);
+        for (&i, &o) in rows.iter().zip(old) {
+            let (i, o) = (i as usize, o as usize);
+            let n = lab[i] as usize;
+            let r = widen_row(xs, d, i);
+            let neg = [_mm512_xor_pd(r[0], sign), _mm512_xor_pd(r[1], sign)];
+            for (j, a) in acc.iter_mut().enumerate() {
+                let is_new = (n == j) as u8;
+                let touched = 0u8.wrapping_sub(is_new | (o == j) as u8);
+                let pick = 0u8.wrapping_sub(is_new);
+                for h in 0..2 {
+                    let v = _mm512_mask_blend_pd(pick, neg[h], r[h]);
+                    a[h] = _mm512_mask_add_pd(a[h], touched, a[h], v);
+                }
+            }
+        }
+        acc.to_vec()
+    }
+
+    #[inline(always)]
+    unsafe fn in_memory(
+        xs: &[f32],
+        d: usize,
+        lab: &[u32],
+        rows: &[u32],
+        old: &[u32],
+        k: usize,
+    ) -> Vec<[__m512d; 2]> {
+        let mut acc = vec![[_mm512_setzero_pd(); 2]; k];
+        for (&i, &o) in rows.iter().zip(old) {
+            let (i, o) = (i as usize, o as usize);
+            let r = widen_row(xs, d, i);
+            let an = &mut acc[lab[i] as usize];
+            an[0] = _mm512_add_pd(an[0], r[0]);
+            an[1] = _mm512_add_pd(an[1], r[1]);
+            let ao = &mut acc[o];
+            ao[0] = _mm512_sub_pd(ao[0], r[0]);
+            ao[1] = _mm512_sub_pd(ao[1], r[1]);
+        }
+        acc
     }
 
     /// A window of 16 consecutive rows with at least this many to measure is measured
@@ -435,6 +534,17 @@ mod avx512 {
         let tail = rows / 16 * 16;
         // margins are never NaN: not above `gt` is `<= gt`
         sparse.extend((tail..rows).filter(|&i| margin[i] <= gt).map(|i| i as u32));
+        // the moved rows are listed the same way: at most one per measured row
+        let measured = dense.len() * 16 + sparse.len();
+        if measured == 0 {
+            return 0;
+        }
+        moved.rows.clear();
+        moved.old.clear();
+        moved.rows.reserve(measured + 16);
+        moved.old.reserve(measured + 16);
+        let (mr, mo) = (moved.rows.as_mut_ptr(), moved.old.as_mut_ptr());
+        let mut nm = 0usize;
         let mut r = [_mm512_setzero_ps(); 16];
         let mut xt = [_mm512_setzero_ps(); D];
         for (q, &o) in dense.iter().enumerate() {
@@ -446,17 +556,15 @@ mod avx512 {
             let (lab, mg) = measure::<D>(n, &xt);
             let at = label.as_mut_ptr().add(o) as *mut __m512i;
             let old = _mm512_loadu_si512(at as *const _);
-            let mut ch = _mm512_cmpneq_epi32_mask(old, lab) as u32;
-            while ch != 0 {
-                let l = ch.trailing_zeros() as usize;
-                moved.push(((o + l) as u32, label[o + l]));
-                ch &= ch - 1;
-            }
+            let ch = _mm512_cmpneq_epi32_mask(old, lab);
+            let idx = _mm512_add_epi32(lane, _mm512_set1_epi32(o as i32));
+            nm = record(mr, mo, nm, ch, idx, old);
             _mm512_storeu_si512(at as *mut _, lab);
             _mm512_storeu_ps(margin.as_mut_ptr().add(o), mg);
         }
+        moved.split = nm;
         let mut buf = [0.0f32; 16 * 16];
-        let (mut lb, mut mb) = ([0u32; 16], [0.0f32; 16]);
+        let (mut lb, mut mb, mut ob) = ([0u32; 16], [0.0f32; 16], [0u32; 16]);
         for (q, group) in sparse.chunks(16).enumerate() {
             for &a in sparse.iter().skip(q * 16 + AHEAD_ROWS).take(16) {
                 prefetch::<_MM_HINT_T0>(xs.as_ptr().add(a as usize * D), D * 4);
@@ -471,14 +579,36 @@ mod avx512 {
             _mm512_storeu_ps(mb.as_mut_ptr(), mg);
             for (l, &i) in group.iter().enumerate() {
                 let i = i as usize;
-                if label[i] != lb[l] {
-                    moved.push((i as u32, label[i]));
-                    label[i] = lb[l];
-                }
+                ob[l] = label[i];
+                label[i] = lb[l];
                 margin[i] = mb[l];
             }
+            let valid = ((1u32 << group.len()) - 1) as __mmask16;
+            let old = _mm512_loadu_si512(ob.as_ptr() as *const _);
+            let ch = _mm512_mask_cmpneq_epi32_mask(valid, old, lab);
+            let idx = _mm512_maskz_loadu_epi32(valid, group.as_ptr() as *const _);
+            nm = record(mr, mo, nm, ch, idx, old);
         }
-        (dense.len() * 16 + sparse.len()) as u64
+        moved.rows.set_len(nm);
+        moved.old.set_len(nm);
+        measured as u64
+    }
+
+    /// Appends the lanes of `idx` (rows) and `old` (their old labels) selected by `ch` at
+    /// `nm` of the two lists, in lane order; returns the new length. 16 values are written
+    /// past `nm`, so the lists need 16 more places than they will hold.
+    #[inline(always)]
+    unsafe fn record(
+        mr: *mut u32,
+        mo: *mut u32,
+        nm: usize,
+        ch: __mmask16,
+        idx: __m512i,
+        old: __m512i,
+    ) -> usize {
+        _mm512_storeu_si512(mr.add(nm) as *mut _, _mm512_maskz_compress_epi32(ch, idx));
+        _mm512_storeu_si512(mo.add(nm) as *mut _, _mm512_maskz_compress_epi32(ch, old));
+        nm + ch.count_ones() as usize
     }
 
     /// Nearest centre (strict `<` from `f32::MAX`, lowest index on ties; each lane's
@@ -542,9 +672,11 @@ mod tests {
         for isa in Isa::available() {
             let mut label = vec![u32::MAX; n];
             let mut margin = vec![UNMEASURED; n];
-            let mut moved = Vec::new();
+            let mut moved = Moved::default();
             assert_eq!(near.run(isa, &x, up_f32(g), &mut label, &mut margin, &mut moved), n as u64);
-            assert_eq!(moved.len(), n);
+            let (rows, old) = moved.in_row_order();
+            assert_eq!(rows, (0..n as u32).collect::<Vec<_>>(), "{isa:?}");
+            assert_eq!(old, vec![u32::MAX; n], "{isa:?}");
             for i in 0..n {
                 let row = &x[i * d..(i + 1) * d];
                 let (j, _, _) = nearest_row(row, &c, d);
