@@ -2,7 +2,7 @@
 //! the initial centres): `cargo run --release --example lloyd_probe -- N REPS THREADS ALGO`
 //! (ALGO = lloyd, hamerly, or pass: one assignment pass of the kernel alone, one thread). Prints the median time per iteration and the iteration count.
 //! With `X_F32=path` the rows are read from a raw little-endian f32 file of d = 10 columns
-//! instead (e.g. the blobs of `benches/compare.py`, written with numpy's `tofile`).
+//! instead, N ignored (e.g. the blobs of `benches/compare.py`, written with numpy's `tofile`).
 use _core::kernels::{assign_chunk, Assign, Isa};
 use _core::kmeans::{lloyd, Algorithm};
 use _core::rng::SplitMix64;
