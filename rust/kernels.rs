@@ -156,6 +156,31 @@ pub fn potential_chunk<T: Real>(isa: Isa, p: &mut Potential<'_, T>) {
     }
 }
 
+/// The inertia of one chunk whose rows already carry their nearest-centre labels: bitwise
+/// what [`assign_chunk`] adds to `inertia` for these rows (a nearest centre's distance is
+/// the same computation whichever tied centre the label names), for a fraction of its
+/// work: one distance per row instead of `k`, no labels written, nothing counted. `None`
+/// where there is no such path (the caller then runs the assignment): it needs AVX-512,
+/// f32 rows of `1 <= d <= 16` values and at most 16 centres.
+pub fn labelled_inertia_chunk<T: Real>(
+    isa: Isa,
+    x: &[T],
+    d: usize,
+    centres: &[T],
+    labels: &[u32],
+) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && (1..=16).contains(&d) && centres.len() <= LANES * d {
+        if let (Some(x), Some(c)) = (T::as_f32(x), T::as_f32(centres)) {
+            // SAFETY: `Isa::Avx512` comes from `Isa::detect`/`Isa::available`, which checked
+            // the features; d and the number of centres are checked just above.
+            return Some(unsafe { avx512::labelled_inertia_f32(x, d, c, labels) });
+        }
+    }
+    let _ = (isa, x, d, centres, labels);
+    None
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,popcnt")]
 unsafe fn assign_avx512<T: Real>(a: &mut Assign<'_, T>) {
@@ -638,6 +663,79 @@ pub(crate) mod avx512 {
         s
     }
 
+    /// [`super::labelled_inertia_chunk`] for f32 rows.
+    ///
+    /// # Safety
+    /// AVX-512F/VL/BW/DQ must be available, `1 <= d <= 16`, and `c` holds at most 16
+    /// centres of `d` values.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,popcnt")]
+    pub(super) unsafe fn labelled_inertia_f32(x: &[f32], d: usize, c: &[f32], labels: &[u32]) -> f64 {
+        macro_rules! go {
+            ($($d:literal)*) => {
+                match d {
+                    $($d => labelled_inertia::<$d>(x, c, labels),)*
+                    _ => unreachable!("d is checked by the caller"),
+                }
+            };
+        }
+        go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+    }
+
+    /// Per tile: the labelled centre's coordinates gathered per lane by one permutation
+    /// per feature, then exactly [`dist`]'s operations, and the inertia's per-lane f64
+    /// accumulation of [`assign_f32`] (padded lanes add +0.0).
+    #[inline(always)]
+    unsafe fn labelled_inertia<const D: usize>(x: &[f32], c: &[f32], labels: &[u32]) -> f64 {
+        let n = labels.len();
+        let x = &x[..n * D];
+        let k = c.len() / D;
+        // cols[t]: coordinate t of centre j in lane j
+        let mut cols = [_mm512_setzero_ps(); D];
+        for (t, col) in cols.iter_mut().enumerate() {
+            let mut v = [0.0f32; LANES];
+            for (j, vj) in v.iter_mut().enumerate().take(k) {
+                *vj = c[j * D + t];
+            }
+            *col = _mm512_loadu_ps(v.as_ptr());
+        }
+        let mut inert = [_mm512_setzero_pd(); 2];
+        let mut r = [_mm512_setzero_ps(); 16];
+        let mut xt = [_mm512_setzero_ps(); D];
+        let mut pad = [0.0f32; 16 * 16];
+        for ti in 0..n.div_ceil(LANES) {
+            let m = LANES.min(n - ti * LANES);
+            let valid: __mmask16 = if m == LANES { 0xFFFF } else { ((1u32 << m) - 1) as __mmask16 };
+            let src = if m == LANES {
+                x[ti * LANES * D..(ti + 1) * LANES * D].as_ptr()
+            } else {
+                // only the last tile is partial: the rest of `pad` stays zero
+                pad[..m * D].copy_from_slice(&x[ti * LANES * D..]);
+                pad.as_ptr()
+            };
+            prefetch::<_MM_HINT_T1>(x.as_ptr().wrapping_add((ti + AHEAD_TILES) * LANES * D), LANES * D * 4);
+            transpose::<D>(src, &mut r, &mut xt);
+            let lab = _mm512_maskz_loadu_epi32(valid, labels[ti * LANES..].as_ptr() as *const i32);
+            let e = _mm512_sub_ps(xt[0], _mm512_permutexvar_ps(lab, cols[0]));
+            let mut s = _mm512_mul_ps(e, e);
+            for (xv, col) in xt.iter().zip(&cols).skip(1) {
+                let e = _mm512_sub_ps(*xv, _mm512_permutexvar_ps(lab, *col));
+                s = _mm512_add_ps(s, _mm512_mul_ps(e, e));
+            }
+            let s = _mm512_maskz_mov_ps(valid, s);
+            inert[0] = _mm512_add_pd(inert[0], _mm512_cvtps_pd(_mm512_castps512_ps256(s)));
+            inert[1] = _mm512_add_pd(inert[1], _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(s)));
+        }
+        let mut lanes = [0.0f64; LANES];
+        _mm512_storeu_pd(lanes.as_mut_ptr(), inert[0]);
+        _mm512_storeu_pd(lanes.as_mut_ptr().add(8), inert[1]);
+        // combined in lane order from 0.0, as `finish_assign` does
+        let mut inertia = 0.0;
+        for v in lanes {
+            inertia += v;
+        }
+        inertia
+    }
+
     /// Tiles whose nearest centres are computed together ([`nearest`]).
     const PAR: usize = 2;
 
@@ -1004,6 +1102,35 @@ mod tests {
                 if accumulate {
                     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&sums), bits(&want.0), "{what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn labelled_inertia_is_the_assignment_inertia() {
+        // labels from the row-by-row definition (ties included: discrete data), then the
+        // inertia from those labels, bit for bit, wherever a path exists
+        for d in 1..=17 {
+            for k in [1usize, 2, 3, 5, 16, 17] {
+                for &(n, discrete) in &[(1usize, false), (16, true), (53, false), (600, true), (4099, false)]
+                {
+                    let x: Vec<f32> = data(n, d, discrete, (n * 31 + d * 7 + k) as u64);
+                    let c: Vec<f32> = data(k, d, discrete, (d * 5 + k) as u64);
+                    let mut lab = vec![0u32; n];
+                    let want = naive_assign(&x, d, &c, &mut lab).2;
+                    for isa in Isa::available() {
+                        let got = labelled_inertia_chunk(isa, &x, d, &c, &lab);
+                        let what = format!("{isa:?} n={n} d={d} k={k}");
+                        if isa == Isa::Avx512 && d <= 16 && k <= 16 {
+                            assert_eq!(got.map(f64::to_bits), Some(want.to_bits()), "{what}");
+                        } else {
+                            assert_eq!(got, None, "{what}");
+                        }
+                    }
+                    let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                    let c64: Vec<f64> = c.iter().map(|&v| v as f64).collect();
+                    assert_eq!(labelled_inertia_chunk(Isa::detect(), &x64, d, &c64, &lab), None);
                 }
             }
         }

@@ -13,8 +13,9 @@
 //!   iteration the per-centre sums are updated rather than re-summed: per chunk, the rows
 //!   that changed centre, in row order, add their f64 values to the new centre's delta and
 //!   subtract them from the old one's; the chunk deltas are combined in chunk order and
-//!   added to the sums, and a centre left with no row has its sum reset to zero. A last
-//!   full pass gives the inertia;
+//!   added to the sums, and a centre left with no row has its sum reset to zero. The
+//!   inertia is summed as a full pass sums it: when strictly converged, from the labels
+//!   already known (one distance per row), otherwise by the last pass below;
 //! - iteration stops when no label changed (strict convergence), when the summed squared
 //!   centre shift is at most `tol * mean(var(x, axis=0))` (scikit-learn's rule), or after
 //!   `max_iter` iterations; unless strictly converged, a last pass relabels every row
@@ -27,7 +28,7 @@
 
 use crate::error::{CoreError, Result};
 use crate::hamerly;
-use crate::kernels::{assign_chunk, potential_chunk, Assign, Fold, Isa, Potential};
+use crate::kernels::{assign_chunk, labelled_inertia_chunk, potential_chunk, Assign, Fold, Isa, Potential};
 use crate::pool::{map_chunks, map_chunks_mut, CHUNK};
 use crate::real::{first_non_finite, Real};
 use crate::rng::SplitMix64;
@@ -120,6 +121,30 @@ fn assign<T: Real>(
         total.changed += p.changed;
     }
     total
+}
+
+/// The inertia of rows already labelled with their nearest centres, chunk by chunk and
+/// summed in chunk order as [`assign`] sums it (so bitwise its inertia), or `None` where
+/// the kernels have no such path.
+fn labelled_inertia<T: Real>(
+    x: &[T],
+    d: usize,
+    centres: &[f64],
+    labels: &[u32],
+    threads: usize,
+) -> Option<f64> {
+    let c: Vec<T> = centres.iter().map(|&v| T::from_f64(v)).collect();
+    let isa = Isa::detect();
+    let n = labels.len();
+    let parts = map_chunks(n.div_ceil(CHUNK), threads, |ci| {
+        let lab = &labels[ci * CHUNK..n.min((ci + 1) * CHUNK)];
+        labelled_inertia_chunk(isa, &x[ci * CHUNK * d..(ci * CHUNK + lab.len()) * d], d, &c, lab)
+    });
+    let mut total = 0.0;
+    for p in parts {
+        total += p?;
+    }
+    Some(total)
 }
 
 /// Mean over columns of the per-column variance (scikit-learn's tolerance scale).
@@ -280,8 +305,14 @@ fn lloyd_trusted<T: Real>(
             ct = after;
         }
     }
-    let p = match (strict && !hamerly, last) {
-        (true, Some(p)) => p,
+    let p = match (strict, last) {
+        (true, Some(p)) if !hamerly => p,
+        // Hamerly's labels are already those of the final centres (nothing moved in the last
+        // pass, so the centres did not change): only the inertia is left
+        (true, _) if hamerly => match labelled_inertia(x, d, &centres, &labels, threads) {
+            Some(inertia) => Partial { sums: Vec::new(), counts: counts.clone(), inertia, changed: 0 },
+            None => assign(x, d, &centres, &mut labels, threads, false),
+        },
         _ => assign(x, d, &centres, &mut labels, threads, false),
     };
     Ok(KMeansResult { labels, centroids: centres, sizes: p.counts, inertia: p.inertia, n_iter })
@@ -577,6 +608,27 @@ mod tests {
         sizes.sort();
         assert_eq!(sizes, vec![1000, 1000, 1000]);
         assert!(res.inertia < 3000.0 * 0.2);
+    }
+
+    #[test]
+    fn hamerly_inertia_is_the_full_pass_inertia() {
+        // strictly converged Hamerly fits take the inertia from their labels; it must be the
+        // bits a full pass gives for the final centres, on any number of chunks and threads
+        let mut r = SplitMix64::new(11);
+        for (n, d, k) in [(20_000usize, 2usize, 4usize), (9_001, 10, 3), (5_000, 17, 3), (3_000, 16, 16)] {
+            let x: Vec<f32> = (0..n * d).map(|i| ((i / d) % k) as f32 + r.uniform() as f32 * 1.5).collect();
+            for threads in [1, 2] {
+                let res = kmeans(&x, d, k, Init::PlusPlus { seed: 2 }, 300, 0.0, Algorithm::Hamerly, threads)
+                    .unwrap();
+                let mut labels = vec![u32::MAX; n];
+                let full = assign(&x, d, &res.centroids, &mut labels, threads, false);
+                let what = format!("n={n} d={d} k={k} threads={threads}");
+                assert!(res.n_iter < 300, "{what}: did not converge");
+                assert_eq!(res.inertia.to_bits(), full.inertia.to_bits(), "{what}");
+                assert_eq!(res.labels, labels, "{what}");
+                assert_eq!(res.sizes, full.counts, "{what}");
+            }
+        }
     }
 
     #[test]
