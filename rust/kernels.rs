@@ -598,12 +598,40 @@ pub(crate) mod avx512 {
     }
 
     /// Transposes 16 rows of `D <= 16` f32 values (row-major at `x`) into `D` columns
-    /// (`xt`); `r` gets the rows, zero-padded to 16 values.
+    /// (`xt`); `r` is scratch. Rows of 5 to 10 values go through 256-bit registers, 8 rows
+    /// at a time ([`rows8`]): in 512-bit registers each row would carry 6 or more padding
+    /// lanes through every shuffle, and Zen 4 runs a 512-bit shuffle as two 256-bit ones.
     ///
     /// # Safety
     /// AVX-512F must be available and `x` valid for `16 * D` reads.
     #[inline(always)]
     pub(crate) unsafe fn transpose<const D: usize>(
+        x: *const f32,
+        r: &mut [__m512; 16],
+        xt: &mut [__m512; D],
+    ) {
+        if (5..=10).contains(&D) {
+            let (mut lo, mut hi) = ([_mm256_setzero_ps(); 10], [_mm256_setzero_ps(); 10]);
+            rows8::<D>(x, &mut lo);
+            rows8::<D>(x.add(8 * D), &mut hi);
+            for ((c, l), h) in xt.iter_mut().zip(lo).zip(hi) {
+                let v =
+                    _mm512_insertf64x4::<1>(_mm512_castpd256_pd512(_mm256_castps_pd(l)), _mm256_castps_pd(h));
+                *c = _mm512_castpd_ps(v);
+            }
+            return;
+        }
+        transpose_512::<D>(x, r, xt);
+    }
+
+    /// [`transpose`] in 512-bit registers for every `D <= 16`: `r` gets the rows,
+    /// zero-padded to 16 values. (The FairAdvantage tiles use it for every group size:
+    /// compiled for AVX-512F alone, they ran no faster through [`rows8`].)
+    ///
+    /// # Safety
+    /// AVX-512F must be available and `x` valid for `16 * D` reads.
+    #[inline(always)]
+    pub(crate) unsafe fn transpose_512<const D: usize>(
         x: *const f32,
         r: &mut [__m512; 16],
         xt: &mut [__m512; D],
@@ -643,6 +671,66 @@ pub(crate) mod avx512 {
             }
             if col + 8 < D {
                 xt[col + 8] = _mm512_shuffle_f32x4::<0xDD>(c[h], c[8 + h]);
+            }
+        }
+    }
+
+    /// The 8 rows of `5 <= D <= 10` f32 values at `x` as columns of 8 lanes: features 0..8
+    /// by the usual 8 x 8 transpose (unpack, shuffle, 128-bit lane swap), features 8 and 9
+    /// from one 64-bit (or 32-bit) load per row, paired and shuffled.
+    ///
+    /// # Safety
+    /// AVX-512F must be available and `x` valid for `8 * D` reads.
+    #[inline(always)]
+    unsafe fn rows8<const D: usize>(x: *const f32, out: &mut [__m256; 10]) {
+        let r: [__m256; 8] = std::array::from_fn(|i| {
+            if D >= 8 {
+                _mm256_loadu_ps(x.add(i * D))
+            } else {
+                _mm512_castps512_ps256(_mm512_maskz_loadu_ps(((1u32 << D) - 1) as __mmask16, x.add(i * D)))
+            }
+        });
+        let t: [__m256; 8] = std::array::from_fn(|i| {
+            let (a, b) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_ps(a, b)
+            } else {
+                _mm256_unpackhi_ps(a, b)
+            }
+        });
+        // u[4h + m]: rows 4h..4h+4, feature m in the low 128-bit lane, m + 4 in the high one
+        let u: [__m256; 8] = std::array::from_fn(|i| {
+            let (h, m) = (i / 4, i % 4);
+            let (a, b) = (t[4 * h + m / 2], t[4 * h + 2 + m / 2]);
+            if m % 2 == 0 {
+                _mm256_shuffle_ps::<0x44>(a, b)
+            } else {
+                _mm256_shuffle_ps::<0xEE>(a, b)
+            }
+        });
+        for j in 0..4 {
+            if j < D {
+                out[j] = _mm256_permute2f128_ps::<0x20>(u[j], u[j + 4]);
+            }
+            if j + 4 < D {
+                out[j + 4] = _mm256_permute2f128_ps::<0x31>(u[j], u[j + 4]);
+            }
+        }
+        if D > 8 {
+            let tail = |i: usize| {
+                let p = x.add(i * D + 8);
+                if D == 9 {
+                    _mm_load_ss(p)
+                } else {
+                    _mm_castsi128_ps(_mm_cvtsi64_si128(std::ptr::read_unaligned(p as *const i64)))
+                }
+            };
+            let pair = |a: usize, b: usize| _mm_movelh_ps(tail(a), tail(b));
+            let p = _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(pair(0, 1)), pair(4, 5));
+            let q = _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(pair(2, 3)), pair(6, 7));
+            out[8] = _mm256_shuffle_ps::<0x88>(p, q);
+            if D > 9 {
+                out[9] = _mm256_shuffle_ps::<0xDD>(p, q);
             }
         }
     }

@@ -283,7 +283,7 @@ use imp::{scores_k, sums_k, weighted_k};
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::{BinaryTable, CellWeights, PromptSums, ScoreParams, TileSums, BATCH, TILE};
-    use crate::kernels::avx512::transpose;
+    use crate::kernels::avx512::transpose_512 as transpose;
     use std::arch::x86_64::*;
 
     /// 16 x 16 f32, cache-line aligned: a tile's rewards (padded) or its results.
