@@ -44,6 +44,8 @@ fn main() {
                 counts: &mut counts,
                 inertia: 0.0,
                 changed: 0,
+                check_finite: false,
+                non_finite: false,
             };
             assign_chunk(Isa::detect(), &mut job);
             ts.push(t0.elapsed().as_secs_f64() * 1e3);

@@ -235,6 +235,7 @@ impl SourceClusters {
                     s.kmeans_tol,
                     Algorithm::Lloyd,
                     s.threads,
+                    true,
                 )?;
                 let inc = IncK::from_labels(&self.history, d, k, fit.centroids, fit.labels);
                 if self.inc.len() < k {

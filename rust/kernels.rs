@@ -24,7 +24,7 @@
 //! target features, and Rust never contracts `a * b + c` into an FMA: the per-lane
 //! operations, and so the results, are identical on every CPU.
 
-use crate::real::Real;
+use crate::real::{first_non_finite, Real};
 
 /// Rows per tile, and number of per-lane f64 accumulators.
 pub const LANES: usize = 16;
@@ -99,6 +99,11 @@ pub struct Assign<'a, T> {
     pub inertia: f64,
     /// How many labels changed (added to).
     pub changed: u64,
+    /// Also look for NaN and infinities among the rows (the AVX-512 f32 kernel does it on
+    /// the transposed tiles, every other path with a scan of the chunk first)...
+    pub check_finite: bool,
+    /// ... and set this when there is one.
+    pub non_finite: bool,
 }
 
 /// How a k-means++ pass updates `closest` before summing the candidates' potentials.
@@ -130,6 +135,11 @@ pub struct Potential<'a, T> {
 
 /// Labels one chunk (see [`Assign`]).
 pub fn assign_chunk<T: Real>(isa: Isa, a: &mut Assign<'_, T>) {
+    // the paths that reach `avx512::assign_f32`, which checks the tiles it transposes
+    let fused = isa == Isa::Avx512 && (1..=16).contains(&a.d) && T::as_f32(a.x).is_some();
+    if a.check_finite && !fused {
+        a.non_finite |= first_non_finite(a.x).is_some();
+    }
     match isa {
         // SAFETY: `Isa::Avx512` / `Isa::Avx2` come from `Isa::detect`/`Isa::available`,
         // which checked that the CPU supports the features these functions enable.
@@ -927,6 +937,7 @@ pub(crate) mod avx512 {
         let mut masks = vec![0 as __mmask16; TPB * k];
         let mut inert = [_mm512_setzero_pd(); 2];
         let mut changed = 0u64;
+        let mut non_finite: __mmask16 = 0;
         let x = &a.x[..n * D];
         let cp = a.centres.as_ptr();
         let mut r = [_mm512_setzero_ps(); 16];
@@ -950,6 +961,12 @@ pub(crate) mod avx512 {
                     LANES * D * 4,
                 );
                 transpose::<D>(src, &mut r, xt);
+                if a.check_finite {
+                    // NaN (quiet, signalling) or an infinity; padded lanes are zeros
+                    for v in xt.iter() {
+                        non_finite |= _mm512_fpclass_ps_mask::<0x99>(*v);
+                    }
+                }
             }
             // nearest centres PAR tiles at a time (independent dependency chains; a short
             // last group repeats its last tile and ignores the copies)
@@ -1012,6 +1029,7 @@ pub(crate) mod avx512 {
                 }
             }
         }
+        a.non_finite |= non_finite != 0;
         finish_assign(a, &lane_sums, D, &counts, &lane_inertia, changed);
     }
 
@@ -1166,7 +1184,7 @@ mod tests {
         let mut want_lab = init.clone();
         let want = naive_assign(&x, d, &c, &mut want_lab);
         for isa in Isa::available() {
-            for accumulate in [true, false] {
+            for (accumulate, check_finite) in [(true, false), (false, false), (true, true)] {
                 let mut lab = init.clone();
                 let mut sums = vec![0.0f64; if accumulate { k * d } else { 0 }];
                 let mut counts = vec![0u64; k];
@@ -1179,10 +1197,13 @@ mod tests {
                     counts: &mut counts,
                     inertia: 0.0,
                     changed: 0,
+                    check_finite,
+                    non_finite: false,
                 };
                 assign_chunk(isa, &mut a);
                 let (inertia, changed) = (a.inertia, a.changed);
-                let what = format!("{isa:?} n={n} d={d} k={k} acc={accumulate}");
+                let what = format!("{isa:?} n={n} d={d} k={k} acc={accumulate} check={check_finite}");
+                assert!(!a.non_finite, "{what}");
                 assert_eq!(lab, want_lab, "{what}");
                 assert_eq!(counts, want.1, "{what}");
                 assert_eq!(inertia.to_bits(), want.2.to_bits(), "{what}");
@@ -1192,6 +1213,47 @@ mod tests {
                     assert_eq!(bits(&sums), bits(&want.0), "{what}");
                 }
             }
+        }
+    }
+
+    fn finds_non_finite<T: Real>(bad: T) {
+        for d in 1..=17 {
+            for &n in &[1usize, 16, 37, 600] {
+                // the first value, one in the middle, the last (in a partial tile for n = 37)
+                for pos in [0, n * d / 2, n * d - 1] {
+                    let mut x: Vec<T> = data(n, d, false, (n + d) as u64);
+                    x[pos] = bad;
+                    let c: Vec<T> = data(3, d, false, 9);
+                    for isa in Isa::available() {
+                        let (mut lab, mut counts) = (vec![0u32; n], vec![0u64; 3]);
+                        let mut a = Assign {
+                            x: &x,
+                            d,
+                            centres: &c,
+                            labels: &mut lab,
+                            sums: &mut [],
+                            counts: &mut counts,
+                            inertia: 0.0,
+                            changed: 0,
+                            check_finite: true,
+                            non_finite: false,
+                        };
+                        assign_chunk(isa, &mut a);
+                        assert!(a.non_finite, "{isa:?} n={n} d={d} at {pos}");
+                        assert!(lab.iter().all(|&l| l < 3), "{isa:?}: labels stay centres");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn assign_finds_nan_and_infinities_on_every_path() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN] {
+            finds_non_finite::<f32>(bad);
+        }
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            finds_non_finite::<f64>(bad);
         }
     }
 

@@ -58,14 +58,21 @@ pub struct KMeansResult {
 }
 
 pub(crate) fn check_data<T: Real>(x: &[T], d: usize) -> Result<usize> {
+    check_shape(x, d)?;
+    if let Some(i) = first_non_finite(x) {
+        return Err(CoreError::NonFinite { arg: "x", index: i });
+    }
+    Ok(x.len() / d)
+}
+
+/// [`check_data`] without the scan for NaN and infinities (a fit from given centres has its
+/// first pass look for them instead: one pass over x fewer).
+fn check_shape<T: Real>(x: &[T], d: usize) -> Result<usize> {
     if d == 0 {
         return Err(CoreError::shape("x", "must have at least one column"));
     }
     if x.is_empty() || !x.len().is_multiple_of(d) {
         return Err(CoreError::shape("x", "must be a non-empty 2-D array (n_rows, n_features)"));
-    }
-    if let Some(i) = first_non_finite(x) {
-        return Err(CoreError::NonFinite { arg: "x", index: i });
     }
     Ok(x.len() / d)
 }
@@ -76,6 +83,8 @@ struct Partial {
     counts: Vec<u64>,
     inertia: f64,
     changed: u64,
+    /// A NaN or infinity was seen (only looked for when asked).
+    non_finite: bool,
 }
 
 /// Assigns every row of `x` to its nearest centre (writing `labels`), and returns the
@@ -87,13 +96,15 @@ fn assign<T: Real>(
     labels: &mut [u32],
     threads: usize,
     accumulate: bool,
+    check_finite: bool,
 ) -> Partial {
     let k = centres.len() / d;
     let c: Vec<T> = centres.iter().map(|&v| T::from_f64(v)).collect();
     let isa = Isa::detect();
     let kd = if accumulate { k * d } else { 0 };
     let parts = map_chunks_mut(labels, CHUNK, threads, |ci, lab| {
-        let mut p = Partial { sums: vec![0.0; kd], counts: vec![0; k], inertia: 0.0, changed: 0 };
+        let mut p =
+            Partial { sums: vec![0.0; kd], counts: vec![0; k], inertia: 0.0, changed: 0, non_finite: false };
         let mut a = Assign {
             x: &x[ci * CHUNK * d..(ci * CHUNK + lab.len()) * d],
             d,
@@ -103,13 +114,17 @@ fn assign<T: Real>(
             counts: &mut p.counts,
             inertia: 0.0,
             changed: 0,
+            check_finite,
+            non_finite: false,
         };
         assign_chunk(isa, &mut a);
         p.inertia = a.inertia;
         p.changed = a.changed;
+        p.non_finite = a.non_finite;
         p
     });
-    let mut total = Partial { sums: vec![0.0; kd], counts: vec![0; k], inertia: 0.0, changed: 0 };
+    let mut total =
+        Partial { sums: vec![0.0; kd], counts: vec![0; k], inertia: 0.0, changed: 0, non_finite: false };
     for p in parts {
         for (a, b) in total.sums.iter_mut().zip(&p.sums) {
             *a += b;
@@ -119,6 +134,7 @@ fn assign<T: Real>(
         }
         total.inertia += p.inertia;
         total.changed += p.changed;
+        total.non_finite |= p.non_finite;
     }
     total
 }
@@ -225,11 +241,14 @@ pub fn lloyd<T: Real>(
     algorithm: Algorithm,
     threads: usize,
 ) -> Result<KMeansResult> {
-    check_data(x, d)?;
-    lloyd_trusted(x, d, centres, max_iter, tol, algorithm, threads)
+    check_shape(x, d)?;
+    lloyd_trusted(x, d, centres, max_iter, tol, algorithm, threads, false)
 }
 
-/// [`lloyd`] on data already checked by [`check_data`].
+/// [`lloyd`] on data whose shape is checked; `finite_checked`: and its values (otherwise
+/// the first pass looks for NaN and infinities, and the fit stops there with
+/// [`check_data`]'s error).
+#[allow(clippy::too_many_arguments)]
 fn lloyd_trusted<T: Real>(
     x: &[T],
     d: usize,
@@ -238,6 +257,7 @@ fn lloyd_trusted<T: Real>(
     tol: f64,
     algorithm: Algorithm,
     threads: usize,
+    finite_checked: bool,
 ) -> Result<KMeansResult> {
     let n = x.len() / d;
     check_centres(&centres, d)?;
@@ -260,7 +280,11 @@ fn lloyd_trusted<T: Real>(
     for it in 0..max_iter {
         n_iter = it + 1;
         let changed = if it == 0 || !hamerly {
-            let mut p = assign(x, d, &centres, &mut labels, threads, true);
+            let mut p = assign(x, d, &centres, &mut labels, threads, true, it == 0 && !finite_checked);
+            if p.non_finite {
+                // the scan names the first bad value (it finds one: the pass saw it)
+                check_data(x, d)?;
+            }
             sums = std::mem::take(&mut p.sums);
             counts.clone_from(&p.counts);
             let changed = p.changed;
@@ -310,10 +334,12 @@ fn lloyd_trusted<T: Real>(
         // Hamerly's labels are already those of the final centres (nothing moved in the last
         // pass, so the centres did not change): only the inertia is left
         (true, _) if hamerly => match labelled_inertia(x, d, &centres, &labels, threads) {
-            Some(inertia) => Partial { sums: Vec::new(), counts: counts.clone(), inertia, changed: 0 },
-            None => assign(x, d, &centres, &mut labels, threads, false),
+            Some(inertia) => {
+                Partial { sums: Vec::new(), counts: counts.clone(), inertia, changed: 0, non_finite: false }
+            }
+            None => assign(x, d, &centres, &mut labels, threads, false, false),
         },
-        _ => assign(x, d, &centres, &mut labels, threads, false),
+        _ => assign(x, d, &centres, &mut labels, threads, false, false),
     };
     Ok(KMeansResult { labels, centroids: centres, sizes: p.counts, inertia: p.inertia, n_iter })
 }
@@ -535,11 +561,15 @@ pub fn kmeans<T: Real>(
     algorithm: Algorithm,
     threads: usize,
 ) -> Result<KMeansResult> {
-    check_data(x, d)?;
-    kmeans_trusted(x, d, k, init, max_iter, tol, algorithm, threads)
+    // k-means++ scans the values first; from given centres the first Lloyd pass looks for
+    // NaN and infinities itself
+    check_shape(x, d)?;
+    kmeans_trusted(x, d, k, init, max_iter, tol, algorithm, threads, false)
 }
 
-/// [`kmeans`] on data already checked by [`check_data`] (the elbow search checks once).
+/// [`kmeans`] on data whose shape is checked; `finite_checked`: and its values (the elbow
+/// search checks once), otherwise k-means++ scans them first and a fit from given centres
+/// has its first pass look for them (see [`lloyd_trusted`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn kmeans_trusted<T: Real>(
     x: &[T],
@@ -550,13 +580,19 @@ pub(crate) fn kmeans_trusted<T: Real>(
     tol: f64,
     algorithm: Algorithm,
     threads: usize,
+    finite_checked: bool,
 ) -> Result<KMeansResult> {
     if k == 0 {
         return Err(CoreError::value("k", "must be >= 1, got 0"));
     }
     check_iter_tol(max_iter, tol)?;
     let centres = match init {
-        Init::PlusPlus { seed } => kmeans_plusplus_trusted(x, d, k, seed, threads)?,
+        Init::PlusPlus { seed } => {
+            if !finite_checked {
+                check_data(x, d)?;
+            }
+            kmeans_plusplus_trusted(x, d, k, seed, threads)?
+        }
         Init::Centres(c) => {
             check_centres(c, d)?;
             if c.len() != k * d {
@@ -568,7 +604,7 @@ pub(crate) fn kmeans_trusted<T: Real>(
             c.to_vec()
         }
     };
-    lloyd_trusted(x, d, centres, max_iter, tol, algorithm, threads)
+    lloyd_trusted(x, d, centres, max_iter, tol, algorithm, threads, finite_checked)
 }
 
 /// The first `limit` distinct rows are enough to cap k: counts distinct rows up to `limit`.
@@ -611,6 +647,34 @@ mod tests {
     }
 
     #[test]
+    fn non_finite_rows_are_an_error_from_given_centres_too() {
+        // given centres: the first pass finds the value (no scan before it); k-means++ scans
+        let mut x: Vec<f32> = blobs(5_000).iter().map(|&v| v as f32).collect();
+        for (i, bad) in [(7usize, f32::NAN), (9_999, f32::INFINITY), (4_321, f32::NEG_INFINITY)] {
+            let keep = x[i];
+            x[i] = bad;
+            let c: Vec<f64> = vec![0.0, 0.0, 10.0, -10.0, 20.0, -20.0];
+            for algorithm in [Algorithm::Lloyd, Algorithm::Hamerly] {
+                for threads in [1, 2] {
+                    let fits = [
+                        lloyd(&x, 2, c.clone(), 50, 0.0, algorithm, threads),
+                        kmeans(&x, 2, 3, Init::Centres(&c), 50, 1e-4, algorithm, threads),
+                        kmeans(&x, 2, 3, Init::PlusPlus { seed: 1 }, 50, 0.0, algorithm, threads),
+                    ];
+                    for fit in fits {
+                        match fit {
+                            Err(CoreError::NonFinite { arg: "x", index }) => assert_eq!(index, i),
+                            other => panic!("{bad} at {i}: {other:?}"),
+                        }
+                    }
+                }
+            }
+            x[i] = keep;
+        }
+        assert!(lloyd(&x, 2, vec![0.0, 0.0, 10.0, -10.0], 50, 0.0, Algorithm::Lloyd, 2).is_ok());
+    }
+
+    #[test]
     fn hamerly_inertia_is_the_full_pass_inertia() {
         // strictly converged Hamerly fits take the inertia from their labels; it must be the
         // bits a full pass gives for the final centres, on any number of chunks and threads
@@ -621,7 +685,7 @@ mod tests {
                 let res = kmeans(&x, d, k, Init::PlusPlus { seed: 2 }, 300, 0.0, Algorithm::Hamerly, threads)
                     .unwrap();
                 let mut labels = vec![u32::MAX; n];
-                let full = assign(&x, d, &res.centroids, &mut labels, threads, false);
+                let full = assign(&x, d, &res.centroids, &mut labels, threads, false, false);
                 let what = format!("n={n} d={d} k={k} threads={threads}");
                 assert!(res.n_iter < 300, "{what}: did not converge");
                 assert_eq!(res.inertia.to_bits(), full.inertia.to_bits(), "{what}");

@@ -62,7 +62,17 @@ pub fn select_k<T: Real>(x: &[T], d: usize, p: &SelectKParams, warm: &[Vec<f64>]
             Some(c) if c.len() == k * d => Init::Centres(c),
             _ => Init::PlusPlus { seed: p.seed },
         };
-        fits.push(kmeans_trusted(x, d, k, init, p.max_iter, p.kmeans_tol, Algorithm::Lloyd, p.threads)?);
+        fits.push(kmeans_trusted(
+            x,
+            d,
+            k,
+            init,
+            p.max_iter,
+            p.kmeans_tol,
+            Algorithm::Lloyd,
+            p.threads,
+            true,
+        )?);
     }
     let inertias: Vec<f64> = fits.iter().map(|f| f.inertia).collect();
     let k = elbow(&inertias, p.tol);

@@ -41,6 +41,21 @@ def test_two_d_rewards_and_torch_tensors():
     assert out.advantages.shape == (24,)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("algorithm", ["lloyd", "hamerly"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_kmeans_from_given_centres_names_the_non_finite_value(dtype, algorithm, bad):
+    """From given centres there is no scan before the first pass (the pass looks for NaN and
+    infinities itself): the error must still name the first bad value, and leave x as it was."""
+    x = np.random.default_rng(0).normal(size=(20_000, 10)).astype(dtype)
+    x[12_345, 3] = bad
+    x[17_000, 0] = bad
+    before = x.copy()
+    with pytest.raises(fairgrpo.NonFiniteError, match=r"`x`.*index 123453\b"):
+        kmeans(x, 3, init=x[:3], algorithm=algorithm)
+    np.testing.assert_array_equal(x, before)
+
+
 @pytest.mark.parametrize(
     ("call", "exc", "words"),
     [
