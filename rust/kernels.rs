@@ -24,7 +24,7 @@
 //! target features, and Rust never contracts `a * b + c` into an FMA: the per-lane
 //! operations, and so the results, are identical on every CPU.
 
-use crate::real::{first_non_finite, Real};
+use crate::real::{all_finite, Real};
 
 /// Rows per tile, and number of per-lane f64 accumulators.
 pub const LANES: usize = 16;
@@ -135,11 +135,6 @@ pub struct Potential<'a, T> {
 
 /// Labels one chunk (see [`Assign`]).
 pub fn assign_chunk<T: Real>(isa: Isa, a: &mut Assign<'_, T>) {
-    // the paths that reach `avx512::assign_f32`, which checks the tiles it transposes
-    let fused = isa == Isa::Avx512 && (1..=16).contains(&a.d) && T::as_f32(a.x).is_some();
-    if a.check_finite && !fused {
-        a.non_finite |= first_non_finite(a.x).is_some();
-    }
     match isa {
         // SAFETY: `Isa::Avx512` / `Isa::Avx2` come from `Isa::detect`/`Isa::available`,
         // which checked that the CPU supports the features these functions enable.
@@ -328,6 +323,7 @@ fn assign_tiled<T: Real, const D: usize, const X512: bool>(a: &mut Assign<'_, T>
         unsafe { avx512::assign_f32::<D>(&mut *(a as *mut Assign<'_, T>).cast::<Assign<'_, f32>>()) };
         return;
     }
+    scan_if_asked(a);
     let n = a.labels.len();
     let k = a.centres.len() / D;
     let accumulate = !a.sums.is_empty();
@@ -450,9 +446,19 @@ fn finish_assign<T: Real>(
     a.changed += changed;
 }
 
+/// [`Assign::check_finite`] for the kernels that do not check their tiles as they load
+/// them: one scan of the chunk first.
+#[inline(always)]
+fn scan_if_asked<T: Real>(a: &mut Assign<'_, T>) {
+    if a.check_finite {
+        a.non_finite |= !all_finite(a.x);
+    }
+}
+
 /// The row-wise kernel for any d, with the same conventions as [`assign_tiled`].
 #[inline(always)]
 fn assign_rows<T: Real>(a: &mut Assign<'_, T>) {
+    scan_if_asked(a);
     let d = a.d;
     let k = a.centres.len() / d;
     let accumulate = !a.sums.is_empty();

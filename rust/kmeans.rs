@@ -87,6 +87,13 @@ struct Partial {
     non_finite: bool,
 }
 
+impl Partial {
+    /// Zero sums (`kd` of them, none without accumulation) and counts (`k`).
+    fn zero(kd: usize, k: usize) -> Partial {
+        Partial { sums: vec![0.0; kd], counts: vec![0; k], inertia: 0.0, changed: 0, non_finite: false }
+    }
+}
+
 /// Assigns every row of `x` to its nearest centre (writing `labels`), and returns the
 /// per-centre sums and counts, the inertia and how many labels changed.
 fn assign<T: Real>(
@@ -103,8 +110,7 @@ fn assign<T: Real>(
     let isa = Isa::detect();
     let kd = if accumulate { k * d } else { 0 };
     let parts = map_chunks_mut(labels, CHUNK, threads, |ci, lab| {
-        let mut p =
-            Partial { sums: vec![0.0; kd], counts: vec![0; k], inertia: 0.0, changed: 0, non_finite: false };
+        let mut p = Partial::zero(kd, k);
         let mut a = Assign {
             x: &x[ci * CHUNK * d..(ci * CHUNK + lab.len()) * d],
             d,
@@ -123,8 +129,7 @@ fn assign<T: Real>(
         p.non_finite = a.non_finite;
         p
     });
-    let mut total =
-        Partial { sums: vec![0.0; kd], counts: vec![0; k], inertia: 0.0, changed: 0, non_finite: false };
+    let mut total = Partial::zero(kd, k);
     for p in parts {
         for (a, b) in total.sums.iter_mut().zip(&p.sums) {
             *a += b;
@@ -334,9 +339,7 @@ fn lloyd_trusted<T: Real>(
         // Hamerly's labels are already those of the final centres (nothing moved in the last
         // pass, so the centres did not change): only the inertia is left
         (true, _) if hamerly => match labelled_inertia(x, d, &centres, &labels, threads) {
-            Some(inertia) => {
-                Partial { sums: Vec::new(), counts: counts.clone(), inertia, changed: 0, non_finite: false }
-            }
+            Some(inertia) => Partial { counts: counts.clone(), inertia, ..Partial::zero(0, 0) },
             None => assign(x, d, &centres, &mut labels, threads, false, false),
         },
         _ => assign(x, d, &centres, &mut labels, threads, false, false),
