@@ -2,11 +2,13 @@
 //!
 //! Work is cut into fixed-size chunks (the size never depends on the number of threads);
 //! each chunk produces a partial result, and partials are combined sequentially in chunk
-//! order. Everything runs on rayon's one global pool; `n_threads` only limits how many
-//! pieces the chunk list is split into.
+//! order. The calling thread and up to `n_threads - 1` helper tasks on rayon's one global
+//! pool take the chunks one at a time (see [`share`]); which thread ran a chunk never
+//! matters.
 
 use crate::error::{CoreError, Result};
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Rows per chunk of every chunked pass.
 pub const CHUNK: usize = 4096;
@@ -29,8 +31,9 @@ where
     if threads <= 1 || n_chunks <= 1 {
         return (0..n_chunks).map(f).collect();
     }
-    let min_len = (n_chunks / threads).max(1); // rayon splits while both halves keep min_len
-    (0..n_chunks).into_par_iter().with_min_len(min_len).map(f).collect()
+    let slots: Vec<Slot<R>> = (0..n_chunks).map(|_| Mutex::new(None)).collect();
+    share(n_chunks, threads, &|i| put(&slots[i], f(i)));
+    collect(slots)
 }
 
 /// Like [`map_chunks`] but each chunk also gets its own disjoint slice of `out`
@@ -45,8 +48,10 @@ where
     if threads <= 1 || n_chunks <= 1 {
         return out.chunks_mut(per_chunk.max(1)).enumerate().map(|(i, c)| f(i, c)).collect();
     }
-    let min_len = (n_chunks / threads).max(1); // rayon splits while both halves keep min_len
-    out.par_chunks_mut(per_chunk.max(1)).with_min_len(min_len).enumerate().map(|(i, c)| f(i, c)).collect()
+    let pieces: Vec<Slot<&mut [O]>> = out.chunks_mut(per_chunk.max(1)).map(|c| Mutex::new(Some(c))).collect();
+    let slots: Vec<Slot<R>> = (0..n_chunks).map(|_| Mutex::new(None)).collect();
+    share(n_chunks, threads, &|i| put(&slots[i], f(i, take(&pieces[i]))));
+    collect(slots)
 }
 
 /// Like [`map_chunks_mut`] over two outputs cut in step: chunk `i` gets
@@ -67,21 +72,155 @@ where
 {
     let per = per.max(1);
     let n_chunks = b.len().div_ceil(per);
+    let pairs = a.chunks_mut(per * ga).zip(b.chunks_mut(per));
     if threads <= 1 || n_chunks <= 1 {
-        return a
-            .chunks_mut(per * ga)
-            .zip(b.chunks_mut(per))
-            .enumerate()
-            .map(|(i, (x, y))| f(i, x, y))
-            .collect();
+        return pairs.enumerate().map(|(i, (x, y))| f(i, x, y)).collect();
     }
-    let min_len = (n_chunks / threads).max(1); // rayon splits while both halves keep min_len
-    a.par_chunks_mut(per * ga)
-        .zip(b.par_chunks_mut(per))
-        .with_min_len(min_len)
-        .enumerate()
-        .map(|(i, (x, y))| f(i, x, y))
+    let pieces: Vec<Slot<(&mut [A], &mut [B])>> = pairs.map(|p| Mutex::new(Some(p))).collect();
+    let slots: Vec<Slot<R>> = (0..n_chunks).map(|_| Mutex::new(None)).collect();
+    share(n_chunks, threads, &|i| {
+        let (x, y) = take(&pieces[i]);
+        put(&slots[i], f(i, x, y))
+    });
+    collect(slots)
+}
+
+/// A chunk's input piece or result, handed between threads.
+type Slot<T> = Mutex<Option<T>>;
+
+fn put<R>(slot: &Slot<R>, r: R) {
+    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+}
+
+fn take<T>(piece: &Slot<T>) -> T {
+    piece.lock().unwrap_or_else(|e| e.into_inner()).take().expect("each chunk is taken once")
+}
+
+fn collect<R>(slots: Vec<Slot<R>>) -> Vec<R> {
+    slots
+        .into_iter()
+        .map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every chunk ran"))
         .collect()
+}
+
+/// Runs `body(i)` once for every chunk `i < n_chunks`, on the calling thread and on up to
+/// `threads - 1` helpers from rayon's pool.
+///
+/// Each of these workers owns an equal run of consecutive chunks and takes them from the
+/// front; one that runs out takes the others' remaining chunks from the back, one at a
+/// time. The calling thread works from the start instead of waiting for the pool: on a
+/// machine whose idle cores take milliseconds to wake (a virtual machine after a pause), a
+/// helper that starts late only ends up with fewer chunks, and one that has not started
+/// when the chunks run out is called off rather than waited for. Which thread runs a chunk
+/// never changes its result, and the callers combine results in chunk order.
+fn share(n_chunks: usize, threads: usize, body: &(dyn Fn(usize) + Sync)) {
+    let workers = threads.min(n_chunks);
+    // worker w owns chunks [start, end), packed as start << 32 | end
+    let runs: Vec<AtomicU64> = (0..workers)
+        .map(|w| AtomicU64::new(pack(n_chunks * w / workers, n_chunks * (w + 1) / workers)))
+        .collect();
+    let work = |me: usize| {
+        while let Some(i) = take_chunk(&runs[me], true) {
+            body(i);
+        }
+        for other in (1..workers).map(|o| (me + o) % workers) {
+            while let Some(i) = take_chunk(&runs[other], false) {
+                body(i);
+            }
+        }
+    };
+    let work: &(dyn Fn(usize) + Sync) = &work;
+    // SAFETY: the erased reference is only used by a helper between its successful claim
+    // and its `DONE` store; `Helpers::drop` (which runs before this frame is left, by
+    // return or by unwinding) calls off every helper that has not claimed and waits for
+    // every one that has.
+    let job: &'static (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(work) };
+    let helpers = Helpers((1..workers).map(|w| Helper::spawn(job, w)).collect());
+    work(0);
+    drop(helpers); // joins; re-raises a helper's panic
+}
+
+fn pack(start: usize, end: usize) -> u64 {
+    let (s, e) = (u32::try_from(start), u32::try_from(end));
+    (u64::from(s.expect("fewer than 2^32 chunks")) << 32) | u64::from(e.expect("fewer than 2^32 chunks"))
+}
+
+/// The first (`front`) or last chunk left in a worker's run, taken out of it.
+fn take_chunk(run: &AtomicU64, front: bool) -> Option<usize> {
+    let mut v = run.load(Ordering::Relaxed);
+    loop {
+        let (s, e) = ((v >> 32) as usize, (v & 0xffff_ffff) as usize);
+        if s >= e {
+            return None;
+        }
+        let (next, i) = if front { (pack(s + 1, e), s) } else { (pack(s, e - 1), e - 1) };
+        match run.compare_exchange_weak(v, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some(i),
+            Err(now) => v = now,
+        }
+    }
+}
+
+const IDLE: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+const CALLED_OFF: u8 = 3;
+
+/// One helper task's handshake with the thread that spawned it.
+struct Helper {
+    state: AtomicU8,
+    job: &'static (dyn Fn(usize) + Sync),
+    /// Which run of chunks it owns.
+    worker: usize,
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+}
+
+impl Helper {
+    fn spawn(job: &'static (dyn Fn(usize) + Sync), worker: usize) -> Arc<Helper> {
+        let h = Arc::new(Helper { state: AtomicU8::new(IDLE), job, worker, panic: Mutex::new(None) });
+        let task = Arc::clone(&h);
+        rayon::spawn(move || {
+            if task.state.compare_exchange(IDLE, RUNNING, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                if let Err(e) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (task.job)(task.worker)))
+                {
+                    *task.panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                }
+                task.state.store(DONE, Ordering::Release);
+            }
+        });
+        h
+    }
+}
+
+/// The helpers of one [`share`] call; dropping it joins them.
+struct Helpers(Vec<Arc<Helper>>);
+
+impl Drop for Helpers {
+    fn drop(&mut self) {
+        let mut panic = None;
+        for h in &self.0 {
+            if h.state.compare_exchange(IDLE, CALLED_OFF, Ordering::Acquire, Ordering::Acquire).is_ok() {
+                continue;
+            }
+            // running: it finishes the chunk it holds (the chunks have run out)
+            let mut spins = 0u32;
+            while h.state.load(Ordering::Acquire) != DONE {
+                if spins < 1000 {
+                    spins += 1;
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            panic = panic.or_else(|| h.panic.lock().unwrap_or_else(|e| e.into_inner()).take());
+        }
+        if let Some(p) = panic {
+            if !std::thread::panicking() {
+                std::panic::resume_unwind(p);
+            }
+        }
+    }
 }
 
 /// Runs `f` compiled for the widest vector unit the CPU has (AVX-512, AVX2, or the
@@ -142,5 +281,54 @@ mod tests {
         });
         assert_eq!(sizes, vec![4096, 4096, 1809]);
         assert_eq!(v[10_000], 2);
+    }
+
+    #[test]
+    fn more_threads_than_the_pool_still_covers_every_chunk_once() {
+        let mut a = vec![0u32; 1000];
+        let mut b = vec![0u8; 100];
+        let r = map_chunks_mut2(&mut a, &mut b, 10, 10, 64, |i, x, y| {
+            x.iter_mut().for_each(|v| *v += 1);
+            y.iter_mut().for_each(|v| *v += 1);
+            i
+        });
+        assert_eq!(r, (0..10).collect::<Vec<_>>());
+        assert!(a.iter().all(|&v| v == 1) && b.iter().all(|&v| v == 1));
+    }
+
+    /// Inside a one-thread pool nobody can run the helper: the caller must do every chunk
+    /// and call the helper off instead of waiting for it (waiting would never end).
+    #[test]
+    fn a_helper_that_never_starts_is_called_off() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a pool");
+            let v = pool.install(|| map_chunks(50, 2, |i| i * 3));
+            tx.send(v).expect("the test waits");
+        });
+        let v = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("map_chunks returned");
+        assert_eq!(v, (0..50).map(|i| i * 3).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_panic_in_any_chunk_reaches_the_caller() {
+        for bad in [0, 1, 37, 63] {
+            let r = std::panic::catch_unwind(|| {
+                map_chunks(64, 2, |i| {
+                    if i == bad {
+                        panic!("chunk {i}");
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    i
+                })
+            });
+            let msg = r.expect_err("the panic comes back");
+            assert_eq!(
+                msg.downcast_ref::<String>().map(String::as_str),
+                Some(format!("chunk {bad}").as_str())
+            );
+        }
+        // the pool still works afterwards
+        assert_eq!(map_chunks(8, 2, |i| i).len(), 8);
     }
 }
