@@ -22,7 +22,7 @@ use crate::metrics::{adjusted_rand_index, normalized_mutual_info};
 use crate::pool::{map_chunks_mut, resolve_threads, simd};
 use crate::real::Real;
 use crate::select_k::SelectKParams;
-use crate::tiles::{self, BinaryTable, CellWeights, ScoreParams, TILE};
+use crate::tiles::{self, BinaryTable, BinaryWeights, CellWeights, ScoreParams, TileIn, TILE};
 use serde::{Deserialize, Serialize};
 
 /// Prompts per chunk of the two passes.
@@ -410,22 +410,34 @@ impl FairAdvantage {
                     }
                 }
                 let (sid, gid) = (&**sid, &**gid);
+                let sid_all = sid;
                 if let Some(r) = tiled {
                     // the source and cell sums as `Sums4` (the prompt counts apart): the same
-                    // additions in the same order as `Pass1::add`, in fewer instructions
+                    // additions in the same order as `Pass1::add`, in fewer instructions.
+                    // While every tile so far is 0/1 the source sums are not added up prompt
+                    // by prompt: their counts and reward sums are integers, so the sums of
+                    // the cells and unlabelled prompts of the source give the same bits.
                     let mut src = vec![Sums4::default(); ns];
                     let mut cell = vec![Sums4::default(); ns * ng];
+                    let mut binary_so_far = true;
                     let unl = &mut part.unl;
                     let rq = &r[q_start * g..q_end * g];
                     part.bad = tiles::sums(rq, g, &sp, table, tst, tbn, tpt, &mut |q0, n, ps| {
                         let (sid, gid) = (&sid[q0..q0 + n], &gid[q0..q0 + n]);
+                        let binary = matches!(ps, TileIn::Binary(..));
+                        if binary_so_far && !binary {
+                            binary_so_far = false;
+                            src = Sums4::sources_of(&cell, ns, ng, unl, |q| sid_all[q - q_start]);
+                        }
                         for (l, c) in cells[q0..q0 + n].iter_mut().enumerate() {
-                            let v = ps[l];
+                            let v = ps.get(l);
                             let s = sid[l] as usize;
-                            src[s].add(&v);
+                            if !binary_so_far {
+                                src[s].add(v);
+                            }
                             *c = if gid[l] >= 0 {
                                 let k = s * ng + gid[l] as usize;
-                                cell[k].add(&v);
+                                cell[k].add(v);
                                 k as u32
                             } else {
                                 let a = Acc { n: 1.0, rsum: v[0], rcnt: v[1], ssum: v[2], ssq: v[3] };
@@ -435,6 +447,9 @@ impl FairAdvantage {
                         }
                     })
                     .map(|i| q_start * g + i);
+                    if binary_so_far {
+                        src = Sums4::sources_of(&cell, ns, ng, &part.unl, |q| sid_all[q - q_start]);
+                    }
                     part.src = src.iter().map(Sums4::acc).collect();
                     part.cell = cell.iter().map(Sums4::acc).collect();
                     return part;
@@ -649,6 +664,9 @@ impl FairAdvantage {
         let tiled_out = T::as_f32_mut(out).filter(|_| tiled.is_some());
         let per_out = PROMPTS_PER_CHUNK * g;
         let masses = if let Some(o) = tiled_out {
+            // 0/1 prompts' results per cell and count, once for the whole batch
+            let all = CellWeights { cells: &[], mult: &mult, shift, scale: inv_denom, binary: None };
+            let bw = table.and_then(|t| BinaryWeights::new(t, &all));
             let mut pieces: Vec<_> = o
                 .chunks_mut(per_out)
                 .zip(weights.chunks_mut(PROMPTS_PER_CHUNK))
@@ -662,7 +680,7 @@ impl FairAdvantage {
                 let nt = tiles::tiles_len(w.len());
                 let (bn, pt) = (&tbin[q0 / TILE..q0 / TILE + nt], &tpat[q0..q0 + nt * TILE]);
                 let mut mass = vec![0.0f64; n_cells];
-                let wt = CellWeights { cells, mult: &mult, shift, scale: inv_denom };
+                let wt = CellWeights { cells, mult: &mult, shift, scale: inv_denom, binary: bw.as_ref() };
                 tiles::weighted(st, bn, pt, table, g, &wt, o, &mut mass);
                 write_cells(cells, &cell_w, &cell_cluster, w, cl);
                 mass
@@ -836,11 +854,39 @@ impl Sums4 {
         let [rsum, rcnt, ssum, ssq] = self.v;
         Acc { n: self.n as f64, rsum, rcnt, ssum, ssq }
     }
+
+    /// Per source, the prompt count, reward sum and reward count of its cells (`ng` per
+    /// source) and of its unlabelled prompts (`source_of(prompt)`); the score sums are
+    /// left at 0 (nothing reads a source's). Exactly the prompt-order sums when all these
+    /// values are integers (0/1 rewards), since then every partial sum is exact.
+    fn sources_of(
+        cell: &[Sums4],
+        ns: usize,
+        ng: usize,
+        unl: &[(u32, Acc)],
+        source_of: impl Fn(usize) -> i32,
+    ) -> Vec<Sums4> {
+        let mut src = vec![Sums4::default(); ns];
+        for (k, c) in cell.iter().enumerate() {
+            let s = &mut src[k / ng];
+            s.v[0] += c.v[0];
+            s.v[1] += c.v[1];
+            s.n += c.n;
+        }
+        for (q, a) in unl {
+            let s = &mut src[source_of(*q as usize) as usize];
+            s.v[0] += a.rsum;
+            s.v[1] += a.rcnt;
+            s.n += 1;
+        }
+        src
+    }
 }
 
 /// One chunk's share of pass 1.
 #[derive(Default)]
 struct Pass1 {
+    /// Per source; only `n`, `rsum` and `rcnt` are used (the score sums may be left at 0).
     src: Vec<Acc>,
     cell: Vec<Acc>,
     /// Unlabelled prompts (index, sums), in prompt order.

@@ -70,6 +70,26 @@ pub const BATCH: usize = 8;
 /// rollout order).
 pub type PromptSums = [f64; 4];
 
+/// The prompt sums of one tile as pass 1 ([`sums`]) hands them on.
+#[derive(Clone, Copy)]
+pub enum TileIn<'a> {
+    /// The sums of the tile's prompts (lanes past its prompt count are meaningless).
+    Sums(&'a [PromptSums; TILE]),
+    /// A full tile of 0/1 rewards: its prompts' patterns, whose sums the table holds.
+    Binary(&'a [u32; TILE], &'a BinaryTable),
+}
+
+impl TileIn<'_> {
+    /// The sums of prompt `l` of the tile.
+    #[inline(always)]
+    pub fn get(&self, l: usize) -> &PromptSums {
+        match self {
+            TileIn::Sums(ps) => &ps[l],
+            TileIn::Binary(pats, t) => &t.sums[pats[l] as usize],
+        }
+    }
+}
+
 /// Per-prompt sums of one tile, per quantity; lanes past the tile's prompt count are
 /// meaningless.
 #[derive(Debug, Clone, Copy, Default)]
@@ -96,6 +116,10 @@ pub struct BinaryTable {
     sums: Vec<PromptSums>,
     /// Per pattern: the score of a 0 reward and of a 1 reward (0 where there is none).
     score: Vec<[f32; 2]>,
+    /// The two scores depend on the number of 1 rewards only (not on their order), as they
+    /// do for every size and scale tried: pass 2 can then take its results per cell and
+    /// count ([`BinaryWeights`]).
+    by_count: bool,
 }
 
 impl BinaryTable {
@@ -114,10 +138,12 @@ impl BinaryTable {
         let mut pat = vec![0u32; tiles_len(np) * TILE];
         let mut sums_v = vec![[0.0f64; 4]; np];
         let bad = sums(&r, g, p, None, &mut sc, &mut bin, &mut pat, &mut |q, n, ps| {
-            sums_v[q..q + n].copy_from_slice(&ps[..n]);
+            for (l, v) in sums_v[q..q + n].iter_mut().enumerate() {
+                *v = *ps.get(l);
+            }
         });
         debug_assert!(bad.is_none());
-        let score = (0..np)
+        let score: Vec<[f32; 2]> = (0..np)
             .map(|pat| {
                 let base = pat / TILE * TILE * g + pat % TILE;
                 let mut s = [0.0f32; 2];
@@ -128,7 +154,12 @@ impl BinaryTable {
                 s
             })
             .collect();
-        Some(BinaryTable { g, key: p.key(), sums: sums_v, score })
+        let bits = |s: &[f32; 2]| [s[0].to_bits(), s[1].to_bits()];
+        let by_count = score
+            .iter()
+            .enumerate()
+            .all(|(pat, s)| bits(s) == bits(&score[(1usize << (pat as u32).count_ones()) - 1]));
+        Some(BinaryTable { g, key: p.key(), sums: sums_v, score, by_count })
     }
 
     /// [`BinaryTable::new`] when a batch of `prompts` prompts pays for building it (at least
@@ -155,6 +186,45 @@ pub struct CellWeights<'a> {
     pub mult: &'a [f64],
     pub shift: f64,
     pub scale: f64,
+    /// Pass 2's results for 0/1 prompts, per cell and count, when the table allows them.
+    pub binary: Option<&'a BinaryWeights>,
+}
+
+/// Pass 2's two results for a 0/1 prompt (the advantage of a 0 and of a 1 reward), per cell
+/// and number of 1 rewards: what [`weighted`] computes per prompt, computed once per step.
+#[derive(Debug, Clone)]
+pub struct BinaryWeights {
+    g: usize,
+    /// Entry `16 * cell + count`.
+    pairs: Vec<[f32; 2]>,
+}
+
+impl BinaryWeights {
+    /// The results of the `table` under the weighting `w` (its `cells` and `binary` are not
+    /// used), or None when the table's scores depend on more than the count.
+    pub fn new(table: &BinaryTable, w: &CellWeights<'_>) -> Option<Self> {
+        if !table.by_count || table.g >= TILE {
+            return None;
+        }
+        // `weigh` of the kernels, one value: the product (the score where it overflows), minus
+        // the shift, times the scale, rounded to f32
+        let weigh = |s: f32, m: f64| {
+            let a = s as f64 * m;
+            let a = if a.abs() < f64::INFINITY { a } else { s as f64 };
+            ((a - w.shift) * w.scale) as f32
+        };
+        let pairs = (0..w.mult.len() * TILE)
+            .map(|i| {
+                let (cell, count) = (i / TILE, i % TILE);
+                if count > table.g {
+                    return [0.0; 2];
+                }
+                let s = table.score[(1 << count) - 1];
+                [weigh(s[0], w.mult[cell]), weigh(s[1], w.mult[cell])]
+            })
+            .collect();
+        Some(BinaryWeights { g: table.g, pairs })
+    }
 }
 
 macro_rules! by_size {
@@ -229,7 +299,7 @@ pub fn sums(
     sc: &mut [f32],
     bin: &mut [bool],
     pat: &mut [u32],
-    f: &mut dyn FnMut(usize, usize, &[PromptSums; TILE]),
+    f: &mut dyn FnMut(usize, usize, TileIn<'_>),
 ) -> Option<usize> {
     let np = r.len() / g;
     assert!(supports(g) && r.len().is_multiple_of(g) && sc.len() == scores_len(np, g));
@@ -282,7 +352,7 @@ use imp::{scores_k, sums_k, weighted_k};
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use super::{BinaryTable, CellWeights, PromptSums, ScoreParams, TileSums, BATCH, TILE};
+    use super::{BinaryTable, BinaryWeights, CellWeights, ScoreParams, TileIn, TileSums, BATCH, TILE};
     use crate::kernels::avx512::transpose_512 as transpose;
     use std::arch::x86_64::*;
 
@@ -540,9 +610,11 @@ mod imp {
                 let t = table.expect("runs only finds 0/1 runs with a table");
                 for (b, pt) in pats.chunks_exact(TILE).enumerate() {
                     let pt: &[u32; TILE] = pt.try_into().expect("a tile of patterns");
-                    let s01 = table_scores(pt, t);
+                    let (s01, _) = table_scores(pt, t);
                     let q = q0 + b * TILE;
-                    put_rows::<G>(pt, &s01, std::slice::from_raw_parts_mut(o.add(q * G), TILE * G));
+                    let (a0, a1) = (_mm512_loadu_ps(s01[0].as_ptr()), _mm512_loadu_ps(s01[1].as_ptr()));
+                    let patv = _mm512_loadu_si512(pt.as_ptr() as *const _);
+                    put_tile::<G>(patv, a0, a1, std::slice::from_raw_parts_mut(o.add(q * G), TILE * G));
                 }
             },
             |q0, rb| {
@@ -561,24 +633,14 @@ mod imp {
 
     /// The table's scores of a 0 and of a 1 reward for each prompt of a 0/1 tile.
     #[inline(always)]
-    fn table_scores(pats: &[u32; TILE], t: &BinaryTable) -> [[f32; TILE]; 2] {
+    fn table_scores(pats: &[u32; TILE], t: &BinaryTable) -> ([[f32; TILE]; 2], [f64; TILE]) {
         let mut s01 = [[0.0f32; TILE]; 2];
+        let mut ones = [0.0f64; TILE];
         for (l, &pt) in pats.iter().enumerate() {
             [s01[0][l], s01[1][l]] = t.score[pt as usize];
+            ones[l] = t.sums[pt as usize][0];
         }
-        s01
-    }
-
-    /// Writes a 0/1 tile prompt by prompt: rollout i of prompt l gets `v[1][l]` if bit i of
-    /// `pats[l]` is set, else `v[0][l]`.
-    #[inline(always)]
-    unsafe fn put_rows<const G: usize>(pats: &[u32; TILE], v: &[[f32; TILE]; 2], out: &mut [f32]) {
-        assert!(out.len() >= TILE * G);
-        let gm = ((1u32 << G) - 1) as __mmask16;
-        for (l, &pt) in pats.iter().enumerate() {
-            let row = _mm512_mask_blend_ps(pt as __mmask16, _mm512_set1_ps(v[0][l]), _mm512_set1_ps(v[1][l]));
-            _mm512_mask_storeu_ps(out.as_mut_ptr().add(l * G), gm, row);
-        }
+        (s01, ones)
     }
 
     /// Per-lane |A| partial sums of pass 2: rollout i goes to partial `i % 4`, and a
@@ -690,7 +752,7 @@ mod imp {
         sc: &mut [f32],
         bin: &mut [bool],
         pat: &mut [u32],
-        f: &mut dyn FnMut(usize, usize, &[PromptSums; TILE]),
+        f: &mut dyn FnMut(usize, usize, TileIn<'_>),
     ) -> Option<usize> {
         /// The tile's sums into `ts`, its scores (NaN for a NaN reward) to `out` (G x 16).
         #[inline(always)]
@@ -735,8 +797,7 @@ mod imp {
                 for (b, pt) in pats.chunks_exact(TILE).enumerate() {
                     let q = q0 + b * TILE;
                     bin[q / TILE] = true;
-                    let ps: [PromptSums; TILE] = std::array::from_fn(|l| t.sums[pt[l] as usize]);
-                    f(q, TILE, &ps);
+                    f(q, TILE, TileIn::Binary(pt.try_into().expect("a full tile"), t));
                 }
             },
             |q0, rb| {
@@ -750,7 +811,7 @@ mod imp {
                     } else {
                         tile::<G, false>(bt, b, &mut ts, out);
                     }
-                    f(q, n, &ts.prompts());
+                    f(q, n, TileIn::Sums(&ts.prompts()));
                 })
             },
         )
@@ -802,28 +863,146 @@ mod imp {
     unsafe fn binary<const G: usize, const SAFE: bool>(
         pats: &[u32; TILE],
         t: &BinaryTable,
-        mult: &[f64; TILE],
+        m: &[__m512d; 2],
         shift: f64,
         scale: f64,
         out: &mut [f32],
         lane_mass: &mut [f64; TILE],
     ) {
-        let mut s01 = table_scores(pats, t);
-        let (shift, scale) = (_mm512_set1_pd(shift), _mm512_set1_pd(scale));
-        let m = [_mm512_loadu_pd(mult.as_ptr()), _mm512_loadu_pd(mult.as_ptr().add(8))];
-        let a0 = weigh::<true, SAFE>(_mm512_loadu_ps(s01[0].as_ptr()), 0xffff, &m, shift, scale);
-        let a1 = weigh::<true, SAFE>(_mm512_loadu_ps(s01[1].as_ptr()), 0xffff, &m, shift, scale);
         let patv = _mm512_loadu_si512(pats.as_ptr() as *const _);
-        let mut mass = Mass::new();
-        for i in 0..G {
-            let ones = _mm512_test_epi32_mask(patv, _mm512_set1_epi32(1 << i));
-            mass.add(i, _mm512_mask_blend_ps(ones, a0, a1));
+        let (s0, s1, ones) = table_lookup::<G>(patv, t);
+        let (shift, scale) = (_mm512_set1_pd(shift), _mm512_set1_pd(scale));
+        let a0 = weigh::<true, SAFE>(s0, 0xffff, m, shift, scale);
+        let a1 = weigh::<true, SAFE>(s1, 0xffff, m, shift, scale);
+        if !exact_mass::<G>(a0, a1, &ones, lane_mass) {
+            let mut mass = Mass::new();
+            for i in 0..G {
+                let ones = _mm512_test_epi32_mask(patv, _mm512_set1_epi32(1 << i));
+                mass.add(i, _mm512_mask_blend_ps(ones, a0, a1));
+            }
+            mass.store(lane_mass);
         }
-        mass.store(lane_mass);
-        // the advantages of a 0 and of a 1 reward, per prompt
-        _mm512_storeu_ps(s01[0].as_mut_ptr(), a0);
-        _mm512_storeu_ps(s01[1].as_mut_ptr(), a1);
-        put_rows::<G>(pats, &s01, out);
+        put_tile::<G>(patv, a0, a1, out);
+    }
+
+    /// A 0/1 tile from the per-cell-and-count results `bw` (the prompts' cells in `cv`, all
+    /// below the number of cells): the bits of [`binary`].
+    #[inline(always)]
+    unsafe fn by_count<const G: usize>(
+        pats: &[u32; TILE],
+        cv: __m512i,
+        bw: &BinaryWeights,
+        out: &mut [f32],
+        lane_mass: &mut [f64; TILE],
+    ) {
+        let patv = _mm512_loadu_si512(pats.as_ptr() as *const _);
+        let count = popcount(patv);
+        // entry 16 * cell + count: (a0, a1) as one 64-bit value
+        let at = _mm512_add_epi32(_mm512_slli_epi32::<4>(cv), count);
+        let base = bw.pairs.as_ptr() as *const i64;
+        let lo = _mm512_castsi512_ps(_mm512_i32gather_epi64::<8>(_mm512_castsi512_si256(at), base));
+        let hi = _mm512_castsi512_ps(_mm512_i32gather_epi64::<8>(_mm512_extracti64x4_epi64::<1>(at), base));
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+        let (a0, a1) = (_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi));
+        let ones = [
+            _mm512_cvtepi32_pd(_mm512_castsi512_si256(count)),
+            _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(count)),
+        ];
+        if !exact_mass::<G>(a0, a1, &ones, lane_mass) {
+            let mut mass = Mass::new();
+            for i in 0..G {
+                let ones = _mm512_test_epi32_mask(patv, _mm512_set1_epi32(1 << i));
+                mass.add(i, _mm512_mask_blend_ps(ones, a0, a1));
+            }
+            mass.store(lane_mass);
+        }
+        put_tile::<G>(patv, a0, a1, out);
+    }
+
+    /// The number of set bits of each 32-bit lane below 2^16.
+    #[inline(always)]
+    unsafe fn popcount(v: __m512i) -> __m512i {
+        let m1 = _mm512_set1_epi32(0x5555);
+        let m2 = _mm512_set1_epi32(0x3333);
+        let m4 = _mm512_set1_epi32(0x0f0f);
+        let v = _mm512_sub_epi32(v, _mm512_and_si512(_mm512_srli_epi32::<1>(v), m1));
+        let v = _mm512_add_epi32(_mm512_and_si512(v, m2), _mm512_and_si512(_mm512_srli_epi32::<2>(v), m2));
+        let v = _mm512_and_si512(_mm512_add_epi32(v, _mm512_srli_epi32::<4>(v)), m4);
+        _mm512_and_si512(_mm512_add_epi32(v, _mm512_srli_epi32::<8>(v)), _mm512_set1_epi32(0x1f))
+    }
+
+    /// The |A| sums of a 0/1 tile's prompts as counts times values, when that gives the bits
+    /// of [`Mass`]'s sums in rollout order: a prompt's |A| values are G copies of the two
+    /// f32 numbers |a0| and |a1|, and when both are finite and, unless one is 0, within a
+    /// factor 2^25 of each other, every partial sum of up to 16 of them is a multiple of
+    /// the smaller one's last place below 2^53 of those places, so every f64 addition of
+    /// either order is exact and both give the exact total. Returns false (nothing stored)
+    /// when some lane falls outside that.
+    #[inline(always)]
+    unsafe fn exact_mass<const G: usize>(
+        a0: __m512,
+        a1: __m512,
+        ones: &[__m512d; 2],
+        lane_mass: &mut [f64; TILE],
+    ) -> bool {
+        let (b0, b1) = (widen(_mm512_abs_ps(a0)), widen(_mm512_abs_ps(a1)));
+        let (inf, span, zero) =
+            (_mm512_set1_pd(f64::INFINITY), _mm512_set1_pd(33554432.0), _mm512_setzero_pd());
+        let g = _mm512_set1_pd(G as f64);
+        let mut tot = [zero; 2];
+        for h in 0..2 {
+            let finite =
+                _mm512_cmp_pd_mask::<_CMP_LT_OQ>(b0[h], inf) & _mm512_cmp_pd_mask::<_CMP_LT_OQ>(b1[h], inf);
+            let (lo, hi) = (_mm512_min_pd(b0[h], b1[h]), _mm512_max_pd(b0[h], b1[h]));
+            let near = _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(lo, zero)
+                | _mm512_cmp_pd_mask::<_CMP_LE_OQ>(hi, _mm512_mul_pd(lo, span));
+            if finite & near != 0xff {
+                return false;
+            }
+            let n1 = ones[h];
+            let n0 = _mm512_sub_pd(g, n1);
+            tot[h] = _mm512_add_pd(_mm512_mul_pd(n0, b0[h]), _mm512_mul_pd(n1, b1[h]));
+        }
+        _mm512_storeu_pd(lane_mass.as_mut_ptr(), tot[0]);
+        _mm512_storeu_pd(lane_mass.as_mut_ptr().add(8), tot[1]);
+        true
+    }
+
+    /// The table's scores of a 0 and of a 1 reward and the number of 1 rewards (as f64
+    /// halves) of the 16 prompts whose patterns are `patv`, gathered (a vector built from
+    /// scalar stores would wait for them to reach the cache).
+    #[inline(always)]
+    unsafe fn table_lookup<const G: usize>(patv: __m512i, t: &BinaryTable) -> (__m512, __m512, [__m512d; 2]) {
+        assert!(t.g == G && t.score.len() == 1 << G && t.sums.len() == 1 << G);
+        // patterns are G-bit numbers: every index is inside the tables
+        let sc = t.score.as_ptr() as *const f32;
+        let s0 = _mm512_i32gather_ps::<8>(patv, sc);
+        let s1 = _mm512_i32gather_ps::<8>(patv, sc.add(1));
+        let at = _mm512_slli_epi32::<2>(patv); // 4 f64 per pattern
+        let sums = t.sums.as_ptr() as *const f64;
+        let ones = [
+            _mm512_i32gather_pd::<8>(_mm512_castsi512_si256(at), sums),
+            _mm512_i32gather_pd::<8>(_mm512_extracti64x4_epi64::<1>(at), sums),
+        ];
+        (s0, s1, ones)
+    }
+
+    /// Writes a full 0/1 tile (16 prompts, G x 16 values) as G whole vectors: value e of
+    /// vector j is rollout (16j + e) % G of prompt (16j + e) / G, `a1` of that prompt if its
+    /// bit is set in `patv`, else `a0`.
+    #[inline(always)]
+    unsafe fn put_tile<const G: usize>(patv: __m512i, a0: __m512, a1: __m512, out: &mut [f32]) {
+        assert!(out.len() >= TILE * G);
+        let o = out.as_mut_ptr();
+        for j in 0..G {
+            let f: [i32; TILE] = std::array::from_fn(|e| (TILE * j + e) as i32);
+            let idx = _mm512_loadu_si512(f.map(|f| f / G as i32).as_ptr() as *const _);
+            let bit = _mm512_loadu_si512(f.map(|f| 1 << (f % G as i32)).as_ptr() as *const _);
+            let set = _mm512_test_epi32_mask(_mm512_permutexvar_epi32(idx, patv), bit);
+            let v = _mm512_mask_blend_ps(set, _mm512_permutexvar_ps(idx, a0), _mm512_permutexvar_ps(idx, a1));
+            _mm512_storeu_ps(o.add(TILE * j), v);
+        }
     }
 
     #[target_feature(enable = "avx512f")]
@@ -842,7 +1021,7 @@ mod imp {
         #[inline(always)]
         unsafe fn tile<const G: usize, const CLEAN: bool, const SAFE: bool>(
             s: &[f32],
-            mult: &[f64; TILE],
+            m: &[__m512d; 2],
             shift: f64,
             scale: f64,
             buf: &mut Buf,
@@ -850,14 +1029,13 @@ mod imp {
         ) {
             assert!(s.len() >= G * TILE);
             let (shift, scale) = (_mm512_set1_pd(shift), _mm512_set1_pd(scale));
-            let m = [_mm512_loadu_pd(mult.as_ptr()), _mm512_loadu_pd(mult.as_ptr().add(8))];
             let mut mass = Mass::new();
             for i in 0..G {
                 let row = _mm512_loadu_ps(s.as_ptr().add(i * TILE));
                 // a NaN score marks a NaN reward: its score counts as 0, its advantage is 0
                 let ok = if CLEAN { 0xffff } else { _mm512_cmp_ps_mask::<_CMP_ORD_Q>(row, row) };
                 let row = if CLEAN { row } else { _mm512_maskz_mov_ps(ok, row) };
-                let v = weigh::<CLEAN, SAFE>(row, ok, &m, shift, scale);
+                let v = weigh::<CLEAN, SAFE>(row, ok, m, shift, scale);
                 _mm512_store_ps(buf.0.as_mut_ptr().add(i * TILE), v);
                 mass.add(i, v);
             }
@@ -867,17 +1045,43 @@ mod imp {
         const SAFE_MULT: f64 = 1e250;
         let np = w.cells.len();
         let mut buf = Buf::new();
-        let mut mult = [1.0f64; TILE];
         let mut lane_mass = [0.0f64; TILE];
         let safe_all = w.mult.iter().all(|m| m.abs() <= SAFE_MULT);
+        let n_cells = _mm512_set1_epi32(i32::try_from(w.mult.len()).expect("fewer than 2^31 cells"));
         for q in (0..np).step_by(TILE) {
             let n = TILE.min(np - q);
             let cells = &w.cells[q..q + n];
-            for (m, &c) in mult.iter_mut().zip(cells) {
-                *m = w.mult[c as usize];
-            }
-            let safe = safe_all || mult.iter().all(|m| m.abs() <= SAFE_MULT);
             let o = &mut out[q * G..(q + n) * G];
+            let bw = w.binary.filter(|b| b.g == G && b.pairs.len() == w.mult.len() * TILE);
+            if let (true, Some(bw)) = (bin[q / TILE] && table.is_some(), bw) {
+                // 0/1 tiles are full
+                let pats: &[u32; TILE] = pat[q..q + TILE].try_into().expect("a full tile");
+                let cv = _mm512_loadu_si512(cells.as_ptr() as *const _);
+                assert!(_mm512_cmpge_epu32_mask(cv, n_cells) == 0, "a cell without a multiplier");
+                by_count::<G>(pats, cv, bw, o, &mut lane_mass);
+                for (&c, &m) in cells.iter().zip(&lane_mass) {
+                    mass[c as usize] += m;
+                }
+                continue;
+            }
+            // the tile's multipliers, gathered (lanes past a partial tile's end get 1)
+            let mult = if n == TILE {
+                let cv = _mm512_loadu_si512(cells.as_ptr() as *const _);
+                assert!(_mm512_cmpge_epu32_mask(cv, n_cells) == 0, "a cell without a multiplier");
+                [
+                    _mm512_i32gather_pd::<8>(_mm512_castsi512_si256(cv), w.mult.as_ptr()),
+                    _mm512_i32gather_pd::<8>(_mm512_extracti64x4_epi64::<1>(cv), w.mult.as_ptr()),
+                ]
+            } else {
+                let mut mult = [1.0f64; TILE];
+                for (m, &c) in mult.iter_mut().zip(cells) {
+                    *m = w.mult[c as usize];
+                }
+                [_mm512_loadu_pd(mult.as_ptr()), _mm512_loadu_pd(mult.as_ptr().add(8))]
+            };
+            let big = _mm512_set1_pd(SAFE_MULT);
+            let safe = safe_all
+                || mult.iter().all(|&m| _mm512_cmp_pd_mask::<_CMP_LE_OQ>(_mm512_abs_pd(m), big) == 0xff);
             if let (true, Some(t)) = (bin[q / TILE], table) {
                 // 0/1 tiles are full
                 let pats: &[u32; TILE] = pat[q..q + TILE].try_into().expect("a full tile");
@@ -905,6 +1109,89 @@ mod imp {
             }
             for (&c, &m) in cells.iter().zip(&lane_mass) {
                 mass[c as usize] += m;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// `exact_mass`, where it answers, gives the bits of the rollout-order sums, and it
+        /// declines for values far apart, infinite or NaN; `popcount` counts.
+        #[test]
+        fn counted_mass_equals_the_ordered_sums_bitwise() {
+            if !std::arch::is_x86_feature_detected!("avx512f") {
+                return;
+            }
+            #[target_feature(enable = "avx512f")]
+            unsafe fn check<const G: usize>(rng: &mut crate::rng::SplitMix64) -> (usize, usize) {
+                // a tile of values 2^-30..2^30 apart with some special ones, or one of values
+                // at most 2^26 apart around a random scale (some 0)
+                let value = |rng: &mut crate::rng::SplitMix64, wide: bool, base: i32| -> f32 {
+                    let u = rng.uniform();
+                    let e = if wide {
+                        (rng.uniform() * 60.0) as i32 - 30
+                    } else {
+                        base + (rng.uniform() * 27.0) as i32
+                    };
+                    if !wide {
+                        let m = 1.0 + (rng.uniform() * 8388608.0).floor() / 8388608.0;
+                        return if u < 0.1 { 0.0 } else { (m * 2f64.powi(e)) as f32 };
+                    }
+                    let m = (1.0 + rng.uniform()) * if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
+                    match (u * 40.0) as u32 {
+                        0 => 0.0,
+                        1 => f32::INFINITY,
+                        2 => f32::NAN,
+                        3 => 1e-42, // subnormal
+                        4 => f32::MAX,
+                        _ => (m * 2f64.powi(e)) as f32,
+                    }
+                };
+                let (mut yes, mut no) = (0, 0);
+                for _ in 0..400 {
+                    let wide = rng.uniform() < 0.3;
+                    let base = (rng.uniform() * 200.0) as i32 - 140;
+                    let a: [[f32; TILE]; 2] =
+                        std::array::from_fn(|_| std::array::from_fn(|_| value(rng, wide, base)));
+                    let pats: [u32; TILE] = std::array::from_fn(|_| (rng.uniform() * (1 << G) as f64) as u32);
+                    let (a0, a1) = (_mm512_loadu_ps(a[0].as_ptr()), _mm512_loadu_ps(a[1].as_ptr()));
+                    let patv = _mm512_loadu_si512(pats.as_ptr() as *const _);
+                    let count = popcount(patv);
+                    let mut counts = [0i32; TILE];
+                    _mm512_storeu_si512(counts.as_mut_ptr() as *mut _, count);
+                    for (c, p) in counts.iter().zip(&pats) {
+                        assert_eq!(*c as u32, p.count_ones());
+                    }
+                    let ones = [
+                        _mm512_cvtepi32_pd(_mm512_castsi512_si256(count)),
+                        _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(count)),
+                    ];
+                    let mut want = [0.0f64; TILE];
+                    let mut mass = Mass::new();
+                    for i in 0..G {
+                        let set = _mm512_test_epi32_mask(patv, _mm512_set1_epi32(1 << i));
+                        mass.add(i, _mm512_mask_blend_ps(set, a0, a1));
+                    }
+                    mass.store(&mut want);
+                    let mut got = [f64::NAN; TILE];
+                    if exact_mass::<G>(a0, a1, &ones, &mut got) {
+                        yes += 1;
+                        for (g, w) in got.iter().zip(&want) {
+                            assert_eq!(g.to_bits(), w.to_bits(), "a0 {:?} a1 {:?} pats {pats:?}", a[0], a[1]);
+                        }
+                    } else {
+                        no += 1;
+                    }
+                }
+                (yes, no)
+            }
+            let mut rng = crate::rng::SplitMix64::new(5);
+            // SAFETY: AVX-512F checked above.
+            let runs = unsafe { [check::<10>(&mut rng), check::<12>(&mut rng), check::<4>(&mut rng)] };
+            for (yes, no) in runs {
+                assert!(yes > 100 && no > 100, "answered {yes}, declined {no}");
             }
         }
     }
@@ -984,7 +1271,7 @@ mod tests {
                     sums(&r, g, &p, None, &mut sc, &mut bin, &mut pat, &mut |q, n, ps| {
                         for l in 0..n {
                             let w = want_sums[q + l];
-                            let got = ps[l];
+                            let got = ps.get(l);
                             assert_eq!(got[0].to_bits(), w.0.to_bits());
                             assert_eq!(got[1].to_bits(), w.1.to_bits());
                             assert_eq!(got[2].to_bits(), w.2.to_bits());
@@ -997,7 +1284,8 @@ mod tests {
                     // pass 2: three cells, one with a huge multiplier (non-finite products)
                     let cells: Vec<u32> = (0..np as u32).map(|q| q % 3).collect();
                     let mult = [0.7, 1.3, 1e308];
-                    let wt = CellWeights { cells: &cells, mult: &mult, shift: 0.01, scale: 1.7 };
+                    let wt =
+                        CellWeights { cells: &cells, mult: &mult, shift: 0.01, scale: 1.7, binary: None };
                     let mut mass = vec![0.0; 3];
                     weighted(&sc, &bin, &pat, None, g, &wt, &mut out, &mut mass);
                     let mut want_mass = [0.0f64; 3];
@@ -1073,13 +1361,13 @@ mod tests {
                 let table = BinaryTable::new(g, &p).unwrap();
                 assert!(table.fits(g, &p) && !table.fits(g, &ScoreParams::new(scale, bstd + 1.0, 0.5, g)));
                 let mut got = Vec::new();
-                for t in [None, Some(&table)] {
+                for (t, per_count) in [(None, false), (Some(&table), false), (Some(&table), true)] {
                     let mut sc = vec![f32::NAN; scores_len(np, g)];
                     let mut bin = vec![false; tiles_len(np)];
                     let mut pat = vec![0u32; tiles_len(np) * TILE];
                     let mut ps = Vec::new();
                     let bad = sums(&r, g, &p, t, &mut sc, &mut bin, &mut pat, &mut |_, n, s| {
-                        ps.extend_from_slice(&s[..n])
+                        ps.extend((0..n).map(|l| *s.get(l)))
                     });
                     assert_eq!(bad, None);
                     let flagged = bin.iter().filter(|&&b| b).count();
@@ -1089,7 +1377,11 @@ mod tests {
                     if si == 1 {
                         mult[2] = 1e308;
                     }
-                    let wt = CellWeights { cells: &cells, mult: &mult, shift: 0.01, scale: 1.7 };
+                    let mut wt =
+                        CellWeights { cells: &cells, mult: &mult, shift: 0.01, scale: 1.7, binary: None };
+                    let bw = BinaryWeights::new(&table, &wt).filter(|_| per_count);
+                    assert_eq!(bw.is_some(), per_count, "the scores of 0/1 prompts depend on the count only");
+                    wt.binary = bw.as_ref();
                     let (mut out, mut mass) = (vec![f32::NAN; np * g], vec![0.0; 3]);
                     weighted(&sc, &bin, &pat, t, g, &wt, &mut out, &mut mass);
                     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -1099,7 +1391,7 @@ mod tests {
                     let ps: Vec<u64> = ps.iter().flat_map(|s| bits(s)).collect();
                     got.push((ps, out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), bits(&mass), gs));
                 }
-                assert!(got[0] == got[1], "g {g} scale {scale:?} eps {eps}");
+                assert!(got[0] == got[1] && got[0] == got[2], "g {g} scale {scale:?} eps {eps}");
             }
         }
     }
