@@ -874,15 +874,7 @@ mod imp {
         let (shift, scale) = (_mm512_set1_pd(shift), _mm512_set1_pd(scale));
         let a0 = weigh::<true, SAFE>(s0, 0xffff, m, shift, scale);
         let a1 = weigh::<true, SAFE>(s1, 0xffff, m, shift, scale);
-        if !exact_mass::<G>(a0, a1, &ones, lane_mass) {
-            let mut mass = Mass::new();
-            for i in 0..G {
-                let ones = _mm512_test_epi32_mask(patv, _mm512_set1_epi32(1 << i));
-                mass.add(i, _mm512_mask_blend_ps(ones, a0, a1));
-            }
-            mass.store(lane_mass);
-        }
-        put_tile::<G>(patv, a0, a1, out);
+        finish::<G>(patv, a0, a1, &ones, out, lane_mass);
     }
 
     /// A 0/1 tile from the per-cell-and-count results `bw` (the prompts' cells in `cv`, all
@@ -909,11 +901,26 @@ mod imp {
             _mm512_cvtepi32_pd(_mm512_castsi512_si256(count)),
             _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(count)),
         ];
-        if !exact_mass::<G>(a0, a1, &ones, lane_mass) {
+        finish::<G>(patv, a0, a1, &ones, out, lane_mass);
+    }
+
+    /// The end of a 0/1 tile, given the advantages `a0` / `a1` of a 0 / a 1 reward and the
+    /// number of 1 rewards per prompt (f64 halves): the |A| sums into `lane_mass`, counted
+    /// where [`exact_mass`] can, else summed in rollout order, and the tile into `out`.
+    #[inline(always)]
+    unsafe fn finish<const G: usize>(
+        patv: __m512i,
+        a0: __m512,
+        a1: __m512,
+        ones: &[__m512d; 2],
+        out: &mut [f32],
+        lane_mass: &mut [f64; TILE],
+    ) {
+        if !exact_mass::<G>(a0, a1, ones, lane_mass) {
             let mut mass = Mass::new();
             for i in 0..G {
-                let ones = _mm512_test_epi32_mask(patv, _mm512_set1_epi32(1 << i));
-                mass.add(i, _mm512_mask_blend_ps(ones, a0, a1));
+                let set = _mm512_test_epi32_mask(patv, _mm512_set1_epi32(1 << i));
+                mass.add(i, _mm512_mask_blend_ps(set, a0, a1));
             }
             mass.store(lane_mass);
         }
