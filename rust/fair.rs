@@ -429,21 +429,23 @@ impl FairAdvantage {
                             binary_so_far = false;
                             src = Sums4::sources_of(&cell, ns, ng, unl, |q| sid_all[q - q_start]);
                         }
-                        for (l, c) in cells[q0..q0 + n].iter_mut().enumerate() {
-                            let v = ps.get(l);
-                            let s = sid[l] as usize;
-                            if !binary_so_far {
-                                src[s].add(v);
-                            }
-                            *c = if gid[l] >= 0 {
-                                let k = s * ng + gid[l] as usize;
-                                cell[k].add(v);
-                                k as u32
-                            } else {
-                                let a = Acc { n: 1.0, rsum: v[0], rcnt: v[1], ssum: v[2], ssq: v[3] };
-                                unl.push(((q_start + q0 + l) as u32, a));
-                                u32::MAX
-                            };
+                        let cells = &mut cells[q0..q0 + n];
+                        let unl = &mut *unl;
+                        let q = q_start + q0;
+                        // one loop per kind of tile, without a branch on it per prompt
+                        match (ps, binary_so_far) {
+                            (TileIn::Binary(pats, t), true) => tile_sums::<false>(
+                                |l| t.sums_of(pats[l]),
+                                (sid, gid, ng, q),
+                                (&mut src, &mut cell, unl),
+                                cells,
+                            ),
+                            _ => tile_sums::<true>(
+                                |l| ps.get(l),
+                                (sid, gid, ng, q),
+                                (&mut src, &mut cell, unl),
+                                cells,
+                            ),
                         }
                     })
                     .map(|i| q_start * g + i);
@@ -880,6 +882,34 @@ impl Sums4 {
             s.n += 1;
         }
         src
+    }
+}
+
+/// Pass 1's sums of one tile's prompts (`sums(l)` = prompt l's, `ids` = their sources and
+/// groups, the groups per source and the first prompt's index): each prompt is added to its
+/// cell, or listed as unlabelled, and to its source when `ADD_SRC`; `cells` gets their cells.
+#[inline(always)]
+fn tile_sums<'a, const ADD_SRC: bool>(
+    sums: impl Fn(usize) -> &'a [f64; 4],
+    (sid, gid, ng, q): (&[i32], &[i32], usize, usize),
+    (src, cell, unl): (&mut [Sums4], &mut [Sums4], &mut Vec<(u32, Acc)>),
+    cells: &mut [u32],
+) {
+    for (l, c) in cells.iter_mut().enumerate() {
+        let v = sums(l);
+        let s = sid[l] as usize;
+        if ADD_SRC {
+            src[s].add(v);
+        }
+        *c = if gid[l] >= 0 {
+            let k = s * ng + gid[l] as usize;
+            cell[k].add(v);
+            k as u32
+        } else {
+            let a = Acc { n: 1.0, rsum: v[0], rcnt: v[1], ssum: v[2], ssq: v[3] };
+            unl.push(((q + l) as u32, a));
+            u32::MAX
+        };
     }
 }
 

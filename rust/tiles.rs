@@ -85,7 +85,7 @@ impl TileIn<'_> {
     pub fn get(&self, l: usize) -> &PromptSums {
         match self {
             TileIn::Sums(ps) => &ps[l],
-            TileIn::Binary(pats, t) => &t.sums[pats[l] as usize],
+            TileIn::Binary(pats, t) => t.sums_of(pats[l]),
         }
     }
 }
@@ -169,6 +169,12 @@ impl BinaryTable {
             return None;
         }
         Self::new(g, p)
+    }
+
+    /// The sums of a prompt whose rewards are the bits of `pattern`.
+    #[inline(always)]
+    pub fn sums_of(&self, pattern: u32) -> &PromptSums {
+        &self.sums[pattern as usize]
     }
 
     /// Whether this is the table for `g` and `p`.
