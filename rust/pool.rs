@@ -130,11 +130,11 @@ fn share(n_chunks: usize, threads: usize, body: &(dyn Fn(usize) + Sync)) {
         }
     };
     let work: &(dyn Fn(usize) + Sync) = &work;
-    // SAFETY: the erased reference is only used by a helper between its successful claim
-    // and its `DONE` store; `Helpers::drop` (which runs before this frame is left, by
-    // return or by unwinding) calls off every helper that has not claimed and waits for
-    // every one that has.
-    let job: &'static (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(work) };
+    // SAFETY: only the trait object's lifetime bound changes (same pointer, same vtable). The
+    // pointer is dereferenced only by a helper between its successful claim and its `DONE`
+    // store, and `Helpers::drop` (which runs before this frame is left, by return or by
+    // unwinding) calls off every helper that has not claimed and waits for every one that has.
+    let job: Job = unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), Job>(work) };
     let helpers = Helpers((1..workers).map(|w| Helper::spawn(job, w)).collect());
     work(0);
     drop(helpers); // joins; re-raises a helper's panic
@@ -166,24 +166,33 @@ const RUNNING: u8 = 1;
 const DONE: u8 = 2;
 const CALLED_OFF: u8 = 3;
 
+/// The work of a [`share`] call, as a pointer that may outlive it (see the protocol there).
+type Job = *const (dyn Fn(usize) + Sync + 'static);
+
 /// One helper task's handshake with the thread that spawned it.
 struct Helper {
     state: AtomicU8,
-    job: &'static (dyn Fn(usize) + Sync),
+    job: Job,
     /// Which run of chunks it owns.
     worker: usize,
     panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
+// SAFETY: `job` points to a `Sync` closure (callable from any thread) and is dereferenced
+// only under the claim protocol of [`share`]; the other fields are Send + Sync.
+unsafe impl Send for Helper {}
+unsafe impl Sync for Helper {}
+
 impl Helper {
-    fn spawn(job: &'static (dyn Fn(usize) + Sync), worker: usize) -> Arc<Helper> {
+    fn spawn(job: Job, worker: usize) -> Arc<Helper> {
         let h = Arc::new(Helper { state: AtomicU8::new(IDLE), job, worker, panic: Mutex::new(None) });
         let task = Arc::clone(&h);
         rayon::spawn(move || {
             if task.state.compare_exchange(IDLE, RUNNING, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                if let Err(e) =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (task.job)(task.worker)))
-                {
+                // SAFETY: claimed, so the spawning `share` call waits for `DONE` before its
+                // frame (which owns the closure) is left.
+                let run = || unsafe { (*task.job)(task.worker) };
+                if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
                     *task.panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
                 }
                 task.state.store(DONE, Ordering::Release);
