@@ -410,7 +410,6 @@ impl FairAdvantage {
                     }
                 }
                 let (sid, gid) = (&**sid, &**gid);
-                let sid_all = sid;
                 if let Some(r) = tiled {
                     // the source and cell sums as `Sums4` (the prompt counts apart): the same
                     // additions in the same order as `Pass1::add`, in fewer instructions.
@@ -423,11 +422,11 @@ impl FairAdvantage {
                     let unl = &mut part.unl;
                     let rq = &r[q_start * g..q_end * g];
                     part.bad = tiles::sums(rq, g, &sp, table, tst, tbn, tpt, &mut |q0, n, ps| {
-                        let (sid, gid) = (&sid[q0..q0 + n], &gid[q0..q0 + n]);
+                        let ids = (&sid[q0..q0 + n], &gid[q0..q0 + n]);
                         let binary = matches!(ps, TileIn::Binary(..));
                         if binary_so_far && !binary {
                             binary_so_far = false;
-                            src = Sums4::sources_of(&cell, ns, ng, unl, |q| sid_all[q - q_start]);
+                            src = Sums4::sources_of(&cell, ns, ng, unl, |q| sid[q - q_start]);
                         }
                         let cells = &mut cells[q0..q0 + n];
                         let unl = &mut *unl;
@@ -436,13 +435,13 @@ impl FairAdvantage {
                         match (ps, binary_so_far) {
                             (TileIn::Binary(pats, t), true) => tile_sums::<false>(
                                 |l| t.sums_of(pats[l]),
-                                (sid, gid, ng, q),
+                                (ids.0, ids.1, ng, q),
                                 (&mut src, &mut cell, unl),
                                 cells,
                             ),
                             _ => tile_sums::<true>(
                                 |l| ps.get(l),
-                                (sid, gid, ng, q),
+                                (ids.0, ids.1, ng, q),
                                 (&mut src, &mut cell, unl),
                                 cells,
                             ),
@@ -450,7 +449,7 @@ impl FairAdvantage {
                     })
                     .map(|i| q_start * g + i);
                     if binary_so_far {
-                        src = Sums4::sources_of(&cell, ns, ng, &part.unl, |q| sid_all[q - q_start]);
+                        src = Sums4::sources_of(&cell, ns, ng, &part.unl, |q| sid[q - q_start]);
                     }
                     part.src = src.iter().map(Sums4::acc).collect();
                     part.cell = cell.iter().map(Sums4::acc).collect();
@@ -667,8 +666,7 @@ impl FairAdvantage {
         let per_out = PROMPTS_PER_CHUNK * g;
         let masses = if let Some(o) = tiled_out {
             // 0/1 prompts' results per cell and count, once for the whole batch
-            let all = CellWeights { cells: &[], mult: &mult, shift, scale: inv_denom, binary: None };
-            let bw = table.and_then(|t| BinaryWeights::new(t, &all));
+            let bw = table.and_then(|t| BinaryWeights::new(t, &mult, shift, inv_denom));
             let mut pieces: Vec<_> = o
                 .chunks_mut(per_out)
                 .zip(weights.chunks_mut(PROMPTS_PER_CHUNK))

@@ -206,9 +206,9 @@ pub struct BinaryWeights {
 }
 
 impl BinaryWeights {
-    /// The results of the `table` under the weighting `w` (its `cells` and `binary` are not
-    /// used), or None when the table's scores depend on more than the count.
-    pub fn new(table: &BinaryTable, w: &CellWeights<'_>) -> Option<Self> {
+    /// The results of the `table` under the per-cell multipliers `mult`, `shift` and `scale`
+    /// (as in [`CellWeights`]), or None when the table's scores depend on more than the count.
+    pub fn new(table: &BinaryTable, mult: &[f64], shift: f64, scale: f64) -> Option<Self> {
         if !table.by_count || table.g >= TILE {
             return None;
         }
@@ -217,16 +217,16 @@ impl BinaryWeights {
         let weigh = |s: f32, m: f64| {
             let a = s as f64 * m;
             let a = if a.abs() < f64::INFINITY { a } else { s as f64 };
-            ((a - w.shift) * w.scale) as f32
+            ((a - shift) * scale) as f32
         };
-        let pairs = (0..w.mult.len() * TILE)
+        let pairs = (0..mult.len() * TILE)
             .map(|i| {
                 let (cell, count) = (i / TILE, i % TILE);
                 if count > table.g {
                     return [0.0; 2];
                 }
                 let s = table.score[(1 << count) - 1];
-                [weigh(s[0], w.mult[cell]), weigh(s[1], w.mult[cell])]
+                [weigh(s[0], mult[cell]), weigh(s[1], mult[cell])]
             })
             .collect();
         Some(BinaryWeights { g: table.g, pairs })
@@ -616,11 +616,10 @@ mod imp {
                 let t = table.expect("runs only finds 0/1 runs with a table");
                 for (b, pt) in pats.chunks_exact(TILE).enumerate() {
                     let pt: &[u32; TILE] = pt.try_into().expect("a tile of patterns");
-                    let (s01, _) = table_scores(pt, t);
                     let q = q0 + b * TILE;
-                    let (a0, a1) = (_mm512_loadu_ps(s01[0].as_ptr()), _mm512_loadu_ps(s01[1].as_ptr()));
                     let patv = _mm512_loadu_si512(pt.as_ptr() as *const _);
-                    put_tile::<G>(patv, a0, a1, std::slice::from_raw_parts_mut(o.add(q * G), TILE * G));
+                    let (s0, s1) = table_lookup::<G>(patv, t);
+                    put_tile::<G>(patv, s0, s1, std::slice::from_raw_parts_mut(o.add(q * G), TILE * G));
                 }
             },
             |q0, rb| {
@@ -635,18 +634,6 @@ mod imp {
                 })
             },
         )
-    }
-
-    /// The table's scores of a 0 and of a 1 reward for each prompt of a 0/1 tile.
-    #[inline(always)]
-    fn table_scores(pats: &[u32; TILE], t: &BinaryTable) -> ([[f32; TILE]; 2], [f64; TILE]) {
-        let mut s01 = [[0.0f32; TILE]; 2];
-        let mut ones = [0.0f64; TILE];
-        for (l, &pt) in pats.iter().enumerate() {
-            [s01[0][l], s01[1][l]] = t.score[pt as usize];
-            ones[l] = t.sums[pt as usize][0];
-        }
-        (s01, ones)
     }
 
     /// Per-lane |A| partial sums of pass 2: rollout i goes to partial `i % 4`, and a
@@ -876,11 +863,11 @@ mod imp {
         lane_mass: &mut [f64; TILE],
     ) {
         let patv = _mm512_loadu_si512(pats.as_ptr() as *const _);
-        let (s0, s1, ones) = table_lookup::<G>(patv, t);
+        let (s0, s1) = table_lookup::<G>(patv, t);
         let (shift, scale) = (_mm512_set1_pd(shift), _mm512_set1_pd(scale));
         let a0 = weigh::<true, SAFE>(s0, 0xffff, m, shift, scale);
         let a1 = weigh::<true, SAFE>(s1, 0xffff, m, shift, scale);
-        finish::<G>(patv, a0, a1, &ones, out, lane_mass);
+        finish::<G>(patv, a0, a1, &halves(popcount(patv)), out, lane_mass);
     }
 
     /// A 0/1 tile from the per-cell-and-count results `bw` (the prompts' cells in `cv`, all
@@ -903,11 +890,7 @@ mod imp {
         let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
         let (a0, a1) = (_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi));
-        let ones = [
-            _mm512_cvtepi32_pd(_mm512_castsi512_si256(count)),
-            _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(count)),
-        ];
-        finish::<G>(patv, a0, a1, &ones, out, lane_mass);
+        finish::<G>(patv, a0, a1, &halves(count), out, lane_mass);
     }
 
     /// The end of a 0/1 tile, given the advantages `a0` / `a1` of a 0 / a 1 reward and the
@@ -982,23 +965,24 @@ mod imp {
         true
     }
 
-    /// The table's scores of a 0 and of a 1 reward and the number of 1 rewards (as f64
-    /// halves) of the 16 prompts whose patterns are `patv`, gathered (a vector built from
-    /// scalar stores would wait for them to reach the cache).
+    /// The table's scores of a 0 and of a 1 reward of the 16 prompts whose patterns are
+    /// `patv`, gathered (a vector built from scalar stores would wait for them to reach the
+    /// cache).
     #[inline(always)]
-    unsafe fn table_lookup<const G: usize>(patv: __m512i, t: &BinaryTable) -> (__m512, __m512, [__m512d; 2]) {
-        assert!(t.g == G && t.score.len() == 1 << G && t.sums.len() == 1 << G);
-        // patterns are G-bit numbers: every index is inside the tables
+    unsafe fn table_lookup<const G: usize>(patv: __m512i, t: &BinaryTable) -> (__m512, __m512) {
+        assert!(t.g == G && t.score.len() == 1 << G);
+        // patterns are G-bit numbers: every index is inside the table
         let sc = t.score.as_ptr() as *const f32;
-        let s0 = _mm512_i32gather_ps::<8>(patv, sc);
-        let s1 = _mm512_i32gather_ps::<8>(patv, sc.add(1));
-        let at = _mm512_slli_epi32::<2>(patv); // 4 f64 per pattern
-        let sums = t.sums.as_ptr() as *const f64;
-        let ones = [
-            _mm512_i32gather_pd::<8>(_mm512_castsi512_si256(at), sums),
-            _mm512_i32gather_pd::<8>(_mm512_extracti64x4_epi64::<1>(at), sums),
-        ];
-        (s0, s1, ones)
+        (_mm512_i32gather_ps::<8>(patv, sc), _mm512_i32gather_ps::<8>(patv, sc.add(1)))
+    }
+
+    /// The f64 halves of 16 small counts.
+    #[inline(always)]
+    unsafe fn halves(count: __m512i) -> [__m512d; 2] {
+        [
+            _mm512_cvtepi32_pd(_mm512_castsi512_si256(count)),
+            _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(count)),
+        ]
     }
 
     /// Writes a full 0/1 tile (16 prompts, G x 16 values) as G whole vectors: value e of
@@ -1061,64 +1045,60 @@ mod imp {
         let mut lane_mass = [0.0f64; TILE];
         let safe_all = w.mult.iter().all(|m| m.abs() <= SAFE_MULT);
         let n_cells = _mm512_set1_epi32(i32::try_from(w.mult.len()).expect("fewer than 2^31 cells"));
+        let bw = w.binary.filter(|b| b.g == G && b.pairs.len() == w.mult.len() * TILE);
+        let pats = |q: usize| -> &[u32; TILE] { pat[q..q + TILE].try_into().expect("a full tile") };
         for q in (0..np).step_by(TILE) {
             let n = TILE.min(np - q);
             let cells = &w.cells[q..q + n];
             let o = &mut out[q * G..(q + n) * G];
-            let bw = w.binary.filter(|b| b.g == G && b.pairs.len() == w.mult.len() * TILE);
-            if let (true, Some(bw)) = (bin[q / TILE] && table.is_some(), bw) {
-                // 0/1 tiles are full
-                let pats: &[u32; TILE] = pat[q..q + TILE].try_into().expect("a full tile");
+            // a full tile's cells in a register (0/1 tiles are full)
+            let cv = (n == TILE).then(|| {
                 let cv = _mm512_loadu_si512(cells.as_ptr() as *const _);
                 assert!(_mm512_cmpge_epu32_mask(cv, n_cells) == 0, "a cell without a multiplier");
-                by_count::<G>(pats, cv, bw, o, &mut lane_mass);
-                for (&c, &m) in cells.iter().zip(&lane_mass) {
-                    mass[c as usize] += m;
-                }
-                continue;
-            }
-            // the tile's multipliers, gathered (lanes past a partial tile's end get 1)
-            let mult = if n == TILE {
-                let cv = _mm512_loadu_si512(cells.as_ptr() as *const _);
-                assert!(_mm512_cmpge_epu32_mask(cv, n_cells) == 0, "a cell without a multiplier");
-                [
-                    _mm512_i32gather_pd::<8>(_mm512_castsi512_si256(cv), w.mult.as_ptr()),
-                    _mm512_i32gather_pd::<8>(_mm512_extracti64x4_epi64::<1>(cv), w.mult.as_ptr()),
-                ]
+                cv
+            });
+            if let (true, Some(_), Some(bw), Some(cv)) = (bin[q / TILE], table, bw, cv) {
+                by_count::<G>(pats(q), cv, bw, o, &mut lane_mass);
             } else {
-                let mut mult = [1.0f64; TILE];
-                for (m, &c) in mult.iter_mut().zip(cells) {
-                    *m = w.mult[c as usize];
-                }
-                [_mm512_loadu_pd(mult.as_ptr()), _mm512_loadu_pd(mult.as_ptr().add(8))]
-            };
-            let big = _mm512_set1_pd(SAFE_MULT);
-            let safe = safe_all
-                || mult.iter().all(|&m| _mm512_cmp_pd_mask::<_CMP_LE_OQ>(_mm512_abs_pd(m), big) == 0xff);
-            if let (true, Some(t)) = (bin[q / TILE], table) {
-                // 0/1 tiles are full
-                let pats: &[u32; TILE] = pat[q..q + TILE].try_into().expect("a full tile");
-                if safe {
-                    binary::<G, true>(pats, t, &mult, w.shift, w.scale, o, &mut lane_mass);
+                // the tile's multipliers, gathered (lanes past a partial tile's end get 1)
+                let mult = if let Some(cv) = cv {
+                    [
+                        _mm512_i32gather_pd::<8>(_mm512_castsi512_si256(cv), w.mult.as_ptr()),
+                        _mm512_i32gather_pd::<8>(_mm512_extracti64x4_epi64::<1>(cv), w.mult.as_ptr()),
+                    ]
                 } else {
-                    binary::<G, false>(pats, t, &mult, w.shift, w.scale, o, &mut lane_mass);
+                    let mut mult = [1.0f64; TILE];
+                    for (m, &c) in mult.iter_mut().zip(cells) {
+                        *m = w.mult[c as usize];
+                    }
+                    [_mm512_loadu_pd(mult.as_ptr()), _mm512_loadu_pd(mult.as_ptr().add(8))]
+                };
+                let big = _mm512_set1_pd(SAFE_MULT);
+                let safe = safe_all
+                    || mult.iter().all(|&m| _mm512_cmp_pd_mask::<_CMP_LE_OQ>(_mm512_abs_pd(m), big) == 0xff);
+                if let (true, Some(t)) = (bin[q / TILE], table) {
+                    if safe {
+                        binary::<G, true>(pats(q), t, &mult, w.shift, w.scale, o, &mut lane_mass);
+                    } else {
+                        binary::<G, false>(pats(q), t, &mult, w.shift, w.scale, o, &mut lane_mass);
+                    }
+                } else {
+                    let s = &sc[q * G..(q + TILE) * G];
+                    // the padded lanes of a last partial tile hold zeros or stale scores: their
+                    // results are not stored
+                    let clean = (0..G).all(|i| {
+                        let row = _mm512_loadu_ps(s.as_ptr().add(i * TILE));
+                        _mm512_cmp_ps_mask::<_CMP_ORD_Q>(row, row) == 0xffff
+                    });
+                    let (m, lm) = (&mult, &mut lane_mass);
+                    match (clean, safe) {
+                        (true, true) => tile::<G, true, true>(s, m, w.shift, w.scale, &mut buf, lm),
+                        (true, false) => tile::<G, true, false>(s, m, w.shift, w.scale, &mut buf, lm),
+                        (false, true) => tile::<G, false, true>(s, m, w.shift, w.scale, &mut buf, lm),
+                        (false, false) => tile::<G, false, false>(s, m, w.shift, w.scale, &mut buf, lm),
+                    }
+                    store::<G>(&buf, o, n);
                 }
-            } else {
-                let s = &sc[q * G..(q + TILE) * G];
-                // the padded lanes of a last partial tile hold zeros or stale scores: their
-                // results are not stored
-                let clean = (0..G).all(|i| {
-                    let row = _mm512_loadu_ps(s.as_ptr().add(i * TILE));
-                    _mm512_cmp_ps_mask::<_CMP_ORD_Q>(row, row) == 0xffff
-                });
-                let (m, lm) = (&mult, &mut lane_mass);
-                match (clean, safe) {
-                    (true, true) => tile::<G, true, true>(s, m, w.shift, w.scale, &mut buf, lm),
-                    (true, false) => tile::<G, true, false>(s, m, w.shift, w.scale, &mut buf, lm),
-                    (false, true) => tile::<G, false, true>(s, m, w.shift, w.scale, &mut buf, lm),
-                    (false, false) => tile::<G, false, false>(s, m, w.shift, w.scale, &mut buf, lm),
-                }
-                store::<G>(&buf, o, n);
             }
             for (&c, &m) in cells.iter().zip(&lane_mass) {
                 mass[c as usize] += m;
@@ -1177,10 +1157,7 @@ mod imp {
                     for (c, p) in counts.iter().zip(&pats) {
                         assert_eq!(*c as u32, p.count_ones());
                     }
-                    let ones = [
-                        _mm512_cvtepi32_pd(_mm512_castsi512_si256(count)),
-                        _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(count)),
-                    ];
+                    let ones = halves(count);
                     let mut want = [0.0f64; TILE];
                     let mut mass = Mass::new();
                     for i in 0..G {
@@ -1392,7 +1369,7 @@ mod tests {
                     }
                     let mut wt =
                         CellWeights { cells: &cells, mult: &mult, shift: 0.01, scale: 1.7, binary: None };
-                    let bw = BinaryWeights::new(&table, &wt).filter(|_| per_count);
+                    let bw = BinaryWeights::new(&table, &mult, 0.01, 1.7).filter(|_| per_count);
                     assert_eq!(bw.is_some(), per_count, "the scores of 0/1 prompts depend on the count only");
                     wt.binary = bw.as_ref();
                     let (mut out, mut mass) = (vec![f32::NAN; np * g], vec![0.0; 3]);
