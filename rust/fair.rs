@@ -363,6 +363,7 @@ impl FairAdvantage {
             }
         }
         let table = table.as_ref().filter(|t| t.fits(g, &sp));
+        let bsums = table.and_then(BinSums::of_table);
         let parts = loop {
             let (ns, ng) = (smap.len(), gmap.len());
             let mut ps_chunks = pstat.chunks_mut(PROMPTS_PER_CHUNK);
@@ -415,9 +416,11 @@ impl FairAdvantage {
                     // additions in the same order as `Pass1::add`, in fewer instructions.
                     // While every tile so far is 0/1 the source sums are not added up prompt
                     // by prompt: their counts and reward sums are integers, so the sums of
-                    // the cells and unlabelled prompts of the source give the same bits.
+                    // the cells and unlabelled prompts of the source give the same bits; and
+                    // the cells add those integers as integers (`BinCell`).
                     let mut src = vec![Sums4::default(); ns];
                     let mut cell = vec![Sums4::default(); ns * ng];
+                    let mut bcell = vec![BinCell::default(); if bsums.is_some() { ns * ng } else { 0 }];
                     let mut binary_so_far = true;
                     let unl = &mut part.unl;
                     let rq = &r[q_start * g..q_end * g];
@@ -426,14 +429,18 @@ impl FairAdvantage {
                         let binary = matches!(ps, TileIn::Binary(..));
                         if binary_so_far && !binary {
                             binary_so_far = false;
+                            BinCell::into_sums(&bcell, &mut cell);
                             src = Sums4::sources_of(&cell, ns, ng, unl, |q| sid[q - q_start]);
                         }
                         let cells = &mut cells[q0..q0 + n];
                         let unl = &mut *unl;
                         let q = q_start + q0;
                         // one loop per kind of tile, without a branch on it per prompt
-                        match (ps, binary_so_far) {
-                            (TileIn::Binary(pats, t), true) => tile_sums::<false>(
+                        match (ps, binary_so_far, &bsums) {
+                            (TileIn::Binary(pats, t), true, Some(bs)) => {
+                                bin_tile_sums(pats, t, bs, (ids.0, ids.1, ng, q), (&mut bcell, unl), cells)
+                            }
+                            (TileIn::Binary(pats, t), true, None) => tile_sums::<false>(
                                 |l| t.sums_of(pats[l]),
                                 (ids.0, ids.1, ng, q),
                                 (&mut src, &mut cell, unl),
@@ -449,6 +456,7 @@ impl FairAdvantage {
                     })
                     .map(|i| q_start * g + i);
                     if binary_so_far {
+                        BinCell::into_sums(&bcell, &mut cell);
                         src = Sums4::sources_of(&cell, ns, ng, &part.unl, |q| sid[q - q_start]);
                     }
                     part.src = src.iter().map(Sums4::acc).collect();
@@ -804,10 +812,58 @@ fn unknown_source(i: usize) -> CoreError {
 
 /// Per prompt of a chunk: the weight and the cluster (-1 for a labelled group) of its cell.
 fn write_cells(cells: &[u32], cell_w: &[f64], cell_cluster: &[i64], w: &mut [f64], cl: &mut [i64]) {
+    assert!(cell_w.len() == cell_cluster.len() && w.len() == cells.len() && cl.len() == cells.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && cell_w.len() <= i32::MAX as usize
+    {
+        // SAFETY: AVX-512F/VL are available; the lengths are checked above.
+        unsafe { write_cells_avx512(cells, cell_w, cell_cluster, w, cl) };
+        return;
+    }
+    write_cells_rows(cells, cell_w, cell_cluster, w, cl);
+}
+
+/// [`write_cells`] one prompt at a time (panics on a cell past the tables).
+fn write_cells_rows(cells: &[u32], cell_w: &[f64], cell_cluster: &[i64], w: &mut [f64], cl: &mut [i64]) {
     for ((&c, w), cl) in cells.iter().zip(w).zip(cl) {
         *w = cell_w[c as usize];
         *cl = cell_cluster[c as usize];
     }
+}
+
+/// [`write_cells`] 8 prompts at a time with gathers, where all 8 cells are in the tables
+/// (otherwise those prompts go through [`write_cells_rows`], which panics).
+///
+/// # Safety
+/// AVX-512F/VL must be available, the tables of equal length (at most `i32::MAX`), and the
+/// outputs as long as `cells`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn write_cells_avx512(
+    cells: &[u32],
+    cell_w: &[f64],
+    cell_cluster: &[i64],
+    w: &mut [f64],
+    cl: &mut [i64],
+) {
+    use std::arch::x86_64::*;
+    let n8 = cells.len() / 8 * 8;
+    let len = _mm256_set1_epi32(cell_w.len() as i32);
+    for i in (0..n8).step_by(8) {
+        let c = _mm256_loadu_si256(cells.as_ptr().add(i) as *const __m256i);
+        // unsigned: u32::MAX and every other cell past the tables fail
+        if _mm256_cmplt_epu32_mask(c, len) != 0xFF {
+            write_cells_rows(&cells[i..i + 8], cell_w, cell_cluster, &mut w[i..i + 8], &mut cl[i..i + 8]);
+            continue;
+        }
+        let wv = _mm512_i32gather_pd::<8>(c, cell_w.as_ptr());
+        let cv = _mm512_i32gather_epi64::<8>(c, cell_cluster.as_ptr());
+        _mm512_storeu_pd(w.as_mut_ptr().add(i), wv);
+        _mm512_storeu_si512(cl.as_mut_ptr().add(i) as *mut _, cv);
+    }
+    write_cells_rows(&cells[n8..], cell_w, cell_cluster, &mut w[n8..], &mut cl[n8..]);
 }
 
 /// Per-cell sums of one step: prompts, rewards, scores.
@@ -911,6 +967,83 @@ fn tile_sums<'a, const ADD_SRC: bool>(
     }
 }
 
+/// A 0/1 prompt's sums as [`bin_tile_sums`] adds them: the two score sums, and the prompt
+/// count, reward count and reward sum (integers) packed into one integer.
+#[derive(Debug, Clone, Copy)]
+struct BinSums {
+    ss: [f64; 2],
+    packed: u64,
+}
+
+/// Bits per field of [`BinSums::packed`]: a chunk's sums stay below 2^21 (at most 2048
+/// prompts of 16 rewards).
+const FIELD: u32 = 21;
+const _: () = assert!(PROMPTS_PER_CHUNK * 16 < 1 << FIELD);
+
+impl BinSums {
+    /// Every distinct sum of the table, or None unless their reward sums and counts are
+    /// small integers (they are: counts of 1s and of rewards).
+    fn of_table(t: &BinaryTable) -> Option<Vec<BinSums>> {
+        t.distinct()
+            .iter()
+            .map(|v| {
+                let int = |x: f64| ((0.0..=16.0).contains(&x) && x.fract() == 0.0).then_some(x as u64);
+                let (rsum, rcnt) = (int(v[0])?, int(v[1])?);
+                Some(BinSums { ss: [v[2], v[3]], packed: 1 << (2 * FIELD) | rcnt << FIELD | rsum })
+            })
+            .collect()
+    }
+}
+
+/// A cell's sums over the 0/1 prompts of a chunk: [`BinSums`] added up.
+#[derive(Debug, Clone, Copy, Default)]
+struct BinCell {
+    ss: [f64; 2],
+    packed: u64,
+}
+
+impl BinCell {
+    /// The cells as [`Sums4`] (all zero before): the integer sums are exact in f64, and so
+    /// are the prompt-order f64 sums of integers that `Sums4::add` would have made of them.
+    fn into_sums(b: &[BinCell], cell: &mut [Sums4]) {
+        let mask = (1u64 << FIELD) - 1;
+        for (c, b) in cell.iter_mut().zip(b) {
+            let p = b.packed;
+            c.v = [(p & mask) as f64, (p >> FIELD & mask) as f64, b.ss[0], b.ss[1]];
+            c.n = p >> (2 * FIELD);
+        }
+    }
+}
+
+/// [`tile_sums`] of a 0/1 tile (patterns `pats` of `table`) into `BinCell`s: the score sums
+/// added in prompt order as before, the integers as integers.
+#[inline(always)]
+fn bin_tile_sums(
+    pats: &[u32; TILE],
+    table: &BinaryTable,
+    bs: &[BinSums],
+    (sid, gid, ng, q): (&[i32], &[i32], usize, usize),
+    (bcell, unl): (&mut [BinCell], &mut Vec<(u32, Acc)>),
+    cells: &mut [u32],
+) {
+    for (l, c) in cells.iter_mut().enumerate() {
+        let i = table.index(pats[l]);
+        let s = sid[l] as usize;
+        *c = if gid[l] >= 0 {
+            let k = s * ng + gid[l] as usize;
+            let (b, e) = (&bs[i], &mut bcell[k]);
+            e.ss[0] += b.ss[0];
+            e.ss[1] += b.ss[1];
+            e.packed += b.packed;
+            k as u32
+        } else {
+            let v = &table.distinct()[i];
+            unl.push(((q + l) as u32, Acc { n: 1.0, rsum: v[0], rcnt: v[1], ssum: v[2], ssq: v[3] }));
+            u32::MAX
+        };
+    }
+}
+
 /// One chunk's share of pass 1.
 #[derive(Default)]
 struct Pass1 {
@@ -986,6 +1119,34 @@ mod tests {
 
     fn fa(preset: &str) -> FairAdvantage {
         FairAdvantage::new(FairConfig::preset(preset).unwrap()).unwrap()
+    }
+
+    /// The gathers write what the prompt-by-prompt loop writes, for every length, and a
+    /// cell past the tables panics on both paths (never reads past them).
+    #[test]
+    fn write_cells_paths_agree() {
+        let cell_w: Vec<f64> = (0..37).map(|c| 0.25 + c as f64).collect();
+        let cell_cl: Vec<i64> = (0..37).map(|c| if c < 20 { -1 } else { c - 20 }).collect();
+        let mut rng = crate::rng::SplitMix64::new(5);
+        for n in [0usize, 1, 7, 8, 9, 64, 203] {
+            let cells: Vec<u32> = (0..n).map(|_| rng.below(37) as u32).collect();
+            let (mut w, mut cl) = (vec![0.0; n], vec![0; n]);
+            let (mut w2, mut cl2) = (vec![0.0; n], vec![0; n]);
+            write_cells(&cells, &cell_w, &cell_cl, &mut w, &mut cl);
+            write_cells_rows(&cells, &cell_w, &cell_cl, &mut w2, &mut cl2);
+            assert_eq!((w, cl), (w2, cl2), "n {n}");
+        }
+        for bad in [37u32, u32::MAX] {
+            for at in [3usize, 17] {
+                let mut cells = vec![1u32; 20];
+                cells[at] = bad;
+                let r = std::panic::catch_unwind(|| {
+                    let (mut w, mut cl) = (vec![0.0; 20], vec![0; 20]);
+                    write_cells(&cells, &cell_w, &cell_cl, &mut w, &mut cl);
+                });
+                assert!(r.is_err(), "cell {bad} at {at}");
+            }
+        }
     }
 
     #[test]

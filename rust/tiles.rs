@@ -113,6 +113,11 @@ impl TileSums {
 pub struct BinaryTable {
     g: usize,
     key: (Option<u64>, u64),
+    /// Per pattern: where its prompt sums are in `sums`. Patterns share a handful of
+    /// distinct sums (15 to 25 of 1024 or 4096 at G = 10, 12), so the lookups stay in the
+    /// core's L1 cache; a table of every pattern's sums (32 KiB at G = 10) does not.
+    idx: Vec<u16>,
+    /// The distinct prompt sums, in order of the first pattern that has them.
     sums: Vec<PromptSums>,
     /// Per pattern: the score of a 0 reward and of a 1 reward (0 where there is none).
     score: Vec<[f32; 2]>,
@@ -159,7 +164,18 @@ impl BinaryTable {
             .iter()
             .enumerate()
             .all(|(pat, s)| bits(s) == bits(&score[(1usize << (pat as u32).count_ones()) - 1]));
-        Some(BinaryTable { g, key: p.key(), sums: sums_v, score, by_count })
+        let (mut idx, mut sums) = (Vec::with_capacity(np), Vec::<PromptSums>::new());
+        let mut first = std::collections::HashMap::new();
+        for v in &sums_v {
+            // the same bits, not equal values (-0.0 is not 0.0 here)
+            let key = v.map(f64::to_bits);
+            let i = *first.entry(key).or_insert_with(|| {
+                sums.push(*v);
+                sums.len() - 1
+            });
+            idx.push(i as u16);
+        }
+        Some(BinaryTable { g, key: p.key(), idx, sums, score, by_count })
     }
 
     /// [`BinaryTable::new`] when a batch of `prompts` prompts pays for building it (at least
@@ -174,7 +190,18 @@ impl BinaryTable {
     /// The sums of a prompt whose rewards are the bits of `pattern`.
     #[inline(always)]
     pub fn sums_of(&self, pattern: u32) -> &PromptSums {
-        &self.sums[pattern as usize]
+        &self.sums[self.index(pattern)]
+    }
+
+    /// Where the sums of `pattern` are in [`BinaryTable::distinct`].
+    #[inline(always)]
+    pub fn index(&self, pattern: u32) -> usize {
+        self.idx[pattern as usize] as usize
+    }
+
+    /// The distinct prompt sums of the patterns.
+    pub fn distinct(&self) -> &[PromptSums] {
+        &self.sums
     }
 
     /// Whether this is the table for `g` and `p`.
@@ -1323,6 +1350,31 @@ mod tests {
         let found = sums(&r, 4, &p, Some(&t), &mut sc, &mut bin, &mut pat, &mut |_, _, _| {});
         assert_eq!(found, Some(4 * 290 + 2));
         assert!(bin[0] && !bin[tiles_len(300) - 1]);
+    }
+
+    /// The table's deduplicated sums give every pattern the bits the kernels give it.
+    #[test]
+    fn table_sums_are_the_kernels_sums() {
+        for &g in SIZES.iter().filter(|&&g| g <= BinaryTable::MAX_G && supports(g)) {
+            let np = 1usize << g;
+            let r: Vec<f32> = (0..np * g).map(|k| ((k / g) >> (k % g) & 1) as f32).collect();
+            for (scale, bstd, eps) in
+                [(Scale::Group, 0.4, 1e-4), (Scale::Batch, 0.7, 1e-4), (Scale::None, 0.0, 0.0)]
+            {
+                let p = ScoreParams::new(scale, bstd, eps, g);
+                let table = BinaryTable::new(g, &p).unwrap();
+                let mut sc = vec![0.0f32; scores_len(np, g)];
+                let (mut bin, mut pat) = (vec![false; tiles_len(np)], vec![0u32; tiles_len(np) * TILE]);
+                let mut want = Vec::new();
+                sums(&r, g, &p, None, &mut sc, &mut bin, &mut pat, &mut |_, n, s| {
+                    want.extend((0..n).map(|l| s.get(l).map(f64::to_bits)))
+                });
+                for (q, w) in want.iter().enumerate() {
+                    assert_eq!(table.sums_of(q as u32).map(f64::to_bits), *w, "g {g} pattern {q}");
+                }
+                assert!(table.sums.len() <= 64, "g {g}: {} distinct sums", table.sums.len());
+            }
+        }
     }
 
     /// 0/1 rewards through the table give the bits of the kernels without it: runs of 0/1
