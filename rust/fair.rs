@@ -363,7 +363,7 @@ impl FairAdvantage {
             }
         }
         let table = table.as_ref().filter(|t| t.fits(g, &sp));
-        let bsums = table.and_then(BinSums::of_table);
+        let bsums = table.map(BinSums::of_table);
         let parts = loop {
             let (ns, ng) = (smap.len(), gmap.len());
             let mut ps_chunks = pstat.chunks_mut(PROMPTS_PER_CHUNK);
@@ -420,7 +420,7 @@ impl FairAdvantage {
                     // the cells add those integers as integers (`BinCell`).
                     let mut src = vec![Sums4::default(); ns];
                     let mut cell = vec![Sums4::default(); ns * ng];
-                    let mut bcell = vec![BinCell::default(); if bsums.is_some() { ns * ng } else { 0 }];
+                    let mut bcell = vec![BinCell::default(); ns * ng];
                     let mut binary_so_far = true;
                     let unl = &mut part.unl;
                     let rq = &r[q_start * g..q_end * g];
@@ -436,17 +436,12 @@ impl FairAdvantage {
                         let unl = &mut *unl;
                         let q = q_start + q0;
                         // one loop per kind of tile, without a branch on it per prompt
-                        match (ps, binary_so_far, &bsums) {
-                            (TileIn::Binary(pats, t), true, Some(bs)) => {
+                        match (ps, binary_so_far) {
+                            (TileIn::Binary(pats, t), true) => {
+                                let bs = bsums.as_deref().expect("a 0/1 tile comes with its table");
                                 bin_tile_sums(pats, t, bs, (ids.0, ids.1, ng, q), (&mut bcell, unl), cells)
                             }
-                            (TileIn::Binary(pats, t), true, None) => tile_sums::<false>(
-                                |l| t.sums_of(pats[l]),
-                                (ids.0, ids.1, ng, q),
-                                (&mut src, &mut cell, unl),
-                                cells,
-                            ),
-                            _ => tile_sums::<true>(
+                            _ => tile_sums(
                                 |l| ps.get(l),
                                 (ids.0, ids.1, ng, q),
                                 (&mut src, &mut cell, unl),
@@ -941,9 +936,9 @@ impl Sums4 {
 
 /// Pass 1's sums of one tile's prompts (`sums(l)` = prompt l's, `ids` = their sources and
 /// groups, the groups per source and the first prompt's index): each prompt is added to its
-/// cell, or listed as unlabelled, and to its source when `ADD_SRC`; `cells` gets their cells.
+/// source and to its cell, or listed as unlabelled; `cells` gets their cells.
 #[inline(always)]
-fn tile_sums<'a, const ADD_SRC: bool>(
+fn tile_sums<'a>(
     sums: impl Fn(usize) -> &'a [f64; 4],
     (sid, gid, ng, q): (&[i32], &[i32], usize, usize),
     (src, cell, unl): (&mut [Sums4], &mut [Sums4], &mut Vec<(u32, Acc)>),
@@ -952,9 +947,7 @@ fn tile_sums<'a, const ADD_SRC: bool>(
     for (l, c) in cells.iter_mut().enumerate() {
         let v = sums(l);
         let s = sid[l] as usize;
-        if ADD_SRC {
-            src[s].add(v);
-        }
+        src[s].add(v);
         *c = if gid[l] >= 0 {
             let k = s * ng + gid[l] as usize;
             cell[k].add(v);
@@ -981,15 +974,17 @@ const FIELD: u32 = 21;
 const _: () = assert!(PROMPTS_PER_CHUNK * 16 < 1 << FIELD);
 
 impl BinSums {
-    /// Every distinct sum of the table, or None unless their reward sums and counts are
-    /// small integers (they are: counts of 1s and of rewards).
-    fn of_table(t: &BinaryTable) -> Option<Vec<BinSums>> {
+    /// Every distinct sum of the table. Their reward sums and counts are counts of 1s and of
+    /// rewards (0/1 patterns of at most 16 rewards, none NaN).
+    fn of_table(t: &BinaryTable) -> Vec<BinSums> {
         t.distinct()
             .iter()
             .map(|v| {
-                let int = |x: f64| ((0.0..=16.0).contains(&x) && x.fract() == 0.0).then_some(x as u64);
-                let (rsum, rcnt) = (int(v[0])?, int(v[1])?);
-                Some(BinSums { ss: [v[2], v[3]], packed: 1 << (2 * FIELD) | rcnt << FIELD | rsum })
+                let int = |x: f64| {
+                    assert!((0.0..=16.0).contains(&x) && x.fract() == 0.0, "a 0/1 pattern's count is {x}");
+                    x as u64
+                };
+                BinSums { ss: [v[2], v[3]], packed: 1 << (2 * FIELD) | int(v[1]) << FIELD | int(v[0]) }
             })
             .collect()
     }
