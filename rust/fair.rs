@@ -363,7 +363,11 @@ impl FairAdvantage {
             }
         }
         let table = table.as_ref().filter(|t| t.fits(g, &sp));
-        let bsums = table.map(BinSums::of_table);
+        if let Some(t) = table {
+            check_binary_table(t, g);
+        }
+        #[cfg(target_arch = "x86_64")]
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
         let parts = loop {
             let (ns, ng) = (smap.len(), gmap.len());
             let mut ps_chunks = pstat.chunks_mut(PROMPTS_PER_CHUNK);
@@ -429,7 +433,7 @@ impl FairAdvantage {
                         let binary = matches!(ps, TileIn::Binary(..));
                         if binary_so_far && !binary {
                             binary_so_far = false;
-                            BinCell::into_sums(&bcell, &mut cell);
+                            bin_into_sums(&bcell, g, &mut cell);
                             src = Sums4::sources_of(&cell, ns, ng, unl, |q| sid[q - q_start]);
                         }
                         let cells = &mut cells[q0..q0 + n];
@@ -438,8 +442,17 @@ impl FairAdvantage {
                         // one loop per kind of tile, without a branch on it per prompt
                         match (ps, binary_so_far) {
                             (TileIn::Binary(pats, t), true) => {
-                                let bs = bsums.as_deref().expect("a 0/1 tile comes with its table");
-                                bin_tile_sums(pats, t, bs, (ids.0, ids.1, ng, q), (&mut bcell, unl), cells)
+                                #[cfg(target_arch = "x86_64")]
+                                // SAFETY: AVX-512F checked; check_binary_table passed for the
+                                // table (the one 0/1 tiles come with)
+                                if avx512
+                                    && unsafe {
+                                        bin_tile_sums_avx512(pats, t, (ids.0, ids.1, ng), &mut bcell, cells)
+                                    }
+                                {
+                                    return;
+                                }
+                                bin_tile_sums(pats, t, (ids.0, ids.1, ng, q), (&mut bcell, unl), cells)
                             }
                             _ => tile_sums(
                                 |l| ps.get(l),
@@ -451,7 +464,7 @@ impl FairAdvantage {
                     })
                     .map(|i| q_start * g + i);
                     if binary_so_far {
-                        BinCell::into_sums(&bcell, &mut cell);
+                        bin_into_sums(&bcell, g, &mut cell);
                         src = Sums4::sources_of(&cell, ns, ng, &part.unl, |q| sid[q - q_start]);
                     }
                     part.src = src.iter().map(Sums4::acc).collect();
@@ -960,83 +973,104 @@ fn tile_sums<'a>(
     }
 }
 
-/// A 0/1 prompt's sums as [`bin_tile_sums`] adds them: the two score sums, and the prompt
-/// count, reward count and reward sum (integers) packed into one integer.
-#[derive(Debug, Clone, Copy)]
-struct BinSums {
-    ss: [f64; 2],
-    packed: u64,
-}
+/// A cell's sums over the 0/1 prompts of a chunk, in the order of [`Sums4::v`] (reward sum,
+/// reward count, score sum, score square sum): the prompts' [`PromptSums`] from the table,
+/// added lane by lane in prompt order. A 0/1 prompt's reward sum and count are integers (at
+/// most 16), so their f64 sums over a chunk are exact, and its reward count is G.
+type BinCell = [f64; 4];
 
-/// Bits per field of [`BinSums::packed`]: a chunk's sums stay below 2^21 (at most 2048
-/// prompts of 16 rewards).
-const FIELD: u32 = 21;
-const _: () = assert!(PROMPTS_PER_CHUNK * 16 < 1 << FIELD);
-
-impl BinSums {
-    /// Every distinct sum of the table. Their reward sums and counts are counts of 1s and of
-    /// rewards (0/1 patterns of at most 16 rewards, none NaN).
-    fn of_table(t: &BinaryTable) -> Vec<BinSums> {
-        t.distinct()
-            .iter()
-            .map(|v| {
-                let int = |x: f64| {
-                    assert!((0.0..=16.0).contains(&x) && x.fract() == 0.0, "a 0/1 pattern's count is {x}");
-                    x as u64
-                };
-                BinSums { ss: [v[2], v[3]], packed: 1 << (2 * FIELD) | int(v[1]) << FIELD | int(v[0]) }
-            })
-            .collect()
+/// The cells as [`Sums4`] (all zero before): the same sums, and the prompt count as the
+/// reward count over G (exact: every 0/1 prompt counts G rewards).
+fn bin_into_sums(b: &[BinCell], g: usize, cell: &mut [Sums4]) {
+    for (c, b) in cell.iter_mut().zip(b) {
+        c.v = *b;
+        c.n = (b[1] / g as f64) as u64;
     }
 }
 
-/// A cell's sums over the 0/1 prompts of a chunk: [`BinSums`] added up.
-#[derive(Debug, Clone, Copy, Default)]
-struct BinCell {
-    ss: [f64; 2],
-    packed: u64,
-}
-
-impl BinCell {
-    /// The cells as [`Sums4`] (all zero before): the integer sums are exact in f64, and so
-    /// are the prompt-order f64 sums of integers that `Sums4::add` would have made of them.
-    fn into_sums(b: &[BinCell], cell: &mut [Sums4]) {
-        let mask = (1u64 << FIELD) - 1;
-        for (c, b) in cell.iter_mut().zip(b) {
-            let p = b.packed;
-            c.v = [(p & mask) as f64, (p >> FIELD & mask) as f64, b.ss[0], b.ss[1]];
-            c.n = p >> (2 * FIELD);
-        }
+/// Checks what the 0/1 path relies on: every distinct sum of the table counts `g` rewards
+/// (no NaN), its reward sum is an integer in `0..=g`, and every pattern's index is in range.
+fn check_binary_table(t: &BinaryTable, g: usize) {
+    for v in t.distinct() {
+        assert!(
+            v[1] == g as f64 && (0.0..=g as f64).contains(&v[0]) && v[0].fract() == 0.0,
+            "0/1 sums {v:?}"
+        );
     }
+    assert!((0..1u32 << g).all(|p| t.index(p) < t.distinct().len()), "a 0/1 pattern index out of range");
 }
 
-/// [`tile_sums`] of a 0/1 tile (patterns `pats` of `table`) into `BinCell`s: the score sums
-/// added in prompt order as before, the integers as integers.
+/// [`tile_sums`] of a 0/1 tile (patterns `pats` of `table`) into [`BinCell`]s.
 #[inline(always)]
 fn bin_tile_sums(
     pats: &[u32; TILE],
     table: &BinaryTable,
-    bs: &[BinSums],
     (sid, gid, ng, q): (&[i32], &[i32], usize, usize),
     (bcell, unl): (&mut [BinCell], &mut Vec<(u32, Acc)>),
     cells: &mut [u32],
 ) {
+    let bs = table.distinct();
     for (l, c) in cells.iter_mut().enumerate() {
-        let i = table.index(pats[l]);
+        let b = &bs[table.index(pats[l])];
         let s = sid[l] as usize;
         *c = if gid[l] >= 0 {
             let k = s * ng + gid[l] as usize;
-            let (b, e) = (&bs[i], &mut bcell[k]);
-            e.ss[0] += b.ss[0];
-            e.ss[1] += b.ss[1];
-            e.packed += b.packed;
+            let e = &mut bcell[k];
+            for (e, b) in e.iter_mut().zip(b) {
+                *e += b;
+            }
             k as u32
         } else {
-            let v = &table.distinct()[i];
-            unl.push(((q + l) as u32, Acc { n: 1.0, rsum: v[0], rcnt: v[1], ssum: v[2], ssq: v[3] }));
+            unl.push(((q + l) as u32, Acc { n: 1.0, rsum: b[0], rcnt: b[1], ssum: b[2], ssq: b[3] }));
             u32::MAX
         };
     }
+}
+
+/// [`bin_tile_sums`] of a full tile whose prompts all have a group, with AVX-512: the cells
+/// computed 16 at a time and each prompt's four sums added as one vector (the same additions
+/// in the same order). Returns false, having done nothing, for any other tile. Panics, as
+/// the indexing of [`bin_tile_sums`] does, on a cell past `bcell`.
+///
+/// # Safety
+/// AVX-512F must be available and `check_binary_table` must have passed for `table`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn bin_tile_sums_avx512(
+    pats: &[u32; TILE],
+    table: &BinaryTable,
+    (sid, gid, ng): (&[i32], &[i32], usize),
+    bcell: &mut [BinCell],
+    cells: &mut [u32],
+) -> bool {
+    use std::arch::x86_64::*;
+    if cells.len() != TILE || sid.len() < TILE || gid.len() < TILE {
+        return false;
+    }
+    let zero = _mm512_setzero_si512();
+    let gv = _mm512_loadu_si512(gid.as_ptr() as *const _);
+    if _mm512_cmplt_epi32_mask(gv, zero) != 0 {
+        return false;
+    }
+    let sv = _mm512_loadu_si512(sid.as_ptr() as *const _);
+    let ng32 = i32::try_from(ng).expect("fewer than 2^31 groups");
+    let kv = _mm512_add_epi32(_mm512_mullo_epi32(sv, _mm512_set1_epi32(ng32)), gv);
+    let len = _mm512_set1_epi32(i32::try_from(bcell.len()).expect("fewer than 2^31 cells"));
+    // sources and groups are non-negative and small: the cells are exact and, checked
+    // here as unsigned, below the number of cells
+    assert!(
+        _mm512_cmplt_epi32_mask(sv, zero) == 0 && _mm512_cmpge_epu32_mask(kv, len) == 0,
+        "a cell past the cell sums"
+    );
+    _mm512_storeu_si512(cells.as_mut_ptr() as *mut _, kv);
+    let bs = table.distinct();
+    for (&p, &k) in pats.iter().zip(cells.iter()) {
+        // SAFETY: check_binary_table bounds every pattern's index; `k` was checked above
+        let b = bs.get_unchecked(table.index(p)).as_ptr();
+        let e = bcell.as_mut_ptr().add(k as usize) as *mut f64;
+        _mm256_storeu_pd(e, _mm256_add_pd(_mm256_loadu_pd(e), _mm256_loadu_pd(b)));
+    }
+    true
 }
 
 /// One chunk's share of pass 1.
@@ -1114,6 +1148,60 @@ mod tests {
 
     fn fa(preset: &str) -> FairAdvantage {
         FairAdvantage::new(FairConfig::preset(preset).unwrap()).unwrap()
+    }
+
+    /// The vector 0/1 tile sums equal the prompt-by-prompt ones bit for bit over many tiles
+    /// into the same cells; they decline tiles with an unlabelled prompt or a partial tile
+    /// (untouched cells), and a cell past the sums panics.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn bin_tile_sums_paths_agree() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let g = 10;
+        let table = BinaryTable::new(g, &ScoreParams::new(Scale::Group, 0.0, 1e-4, g)).unwrap();
+        check_binary_table(&table, g);
+        let (ns, ng) = (3usize, 5usize);
+        let mut rng = crate::rng::SplitMix64::new(9);
+        let (mut a, mut b) = (vec![BinCell::default(); ns * ng], vec![BinCell::default(); ns * ng]);
+        let mut unl = Vec::new();
+        for t in 0..300 {
+            let pats: [u32; TILE] = std::array::from_fn(|_| rng.below(1 << g) as u32);
+            let sid: Vec<i32> = (0..TILE).map(|_| rng.below(ns) as i32).collect();
+            let mut gid: Vec<i32> = (0..TILE).map(|_| rng.below(ng) as i32).collect();
+            if t % 7 == 3 {
+                gid[t % TILE] = -1;
+            }
+            let (mut ca, mut cb) = (vec![0u32; TILE], vec![0u32; TILE]);
+            // SAFETY: AVX-512F checked; check_binary_table passed
+            let took = unsafe { bin_tile_sums_avx512(&pats, &table, (&sid, &gid, ng), &mut a, &mut ca) };
+            assert_eq!(took, t % 7 != 3, "tile {t}");
+            if !took {
+                bin_tile_sums(&pats, &table, (&sid, &gid, ng, 0), (&mut a, &mut unl), &mut ca);
+            }
+            bin_tile_sums(&pats, &table, (&sid, &gid, ng, 0), (&mut b, &mut unl), &mut cb);
+            assert_eq!(ca, cb, "tile {t}");
+        }
+        let bits = |c: &[BinCell]| c.iter().flat_map(|v| v.map(f64::to_bits)).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b));
+        // a partial tile is declined and leaves the cells as they were
+        let before = bits(&a);
+        let (sid, gid) = (vec![0i32; TILE], vec![0i32; TILE]);
+        let mut short = vec![0u32; TILE - 1];
+        // SAFETY: as above
+        assert!(!unsafe { bin_tile_sums_avx512(&[0; TILE], &table, (&sid, &gid, ng), &mut a, &mut short) });
+        assert_eq!(bits(&a), before);
+        // a cell past the sums (a group id past `ng` for the last source) panics
+        let bad = std::panic::catch_unwind(|| {
+            let mut cells = vec![BinCell::default(); ns * ng];
+            let (sid, mut gid) = (vec![(ns - 1) as i32; TILE], vec![0i32; TILE]);
+            gid[5] = ng as i32;
+            let mut c = vec![0u32; TILE];
+            // SAFETY: as above
+            unsafe { bin_tile_sums_avx512(&[1; TILE], &table, (&sid, &gid, ng), &mut cells, &mut c) }
+        });
+        assert!(bad.is_err());
     }
 
     /// The gathers write what the prompt-by-prompt loop writes, for every length, and a
