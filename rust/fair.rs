@@ -841,8 +841,9 @@ fn write_cells_rows(cells: &[u32], cell_w: &[f64], cell_cluster: &[i64], w: &mut
     }
 }
 
-/// [`write_cells`] 8 prompts at a time with gathers, where all 8 cells are in the tables
-/// (otherwise those prompts go through [`write_cells_rows`], which panics).
+/// [`write_cells`] 8 prompts at a time, where all 8 cells are in the tables (otherwise
+/// those prompts go through [`write_cells_rows`], which panics): the tables permuted in
+/// registers when they have at most 32 cells, gathered otherwise.
 ///
 /// # Safety
 /// AVX-512F/VL must be available, the tables of equal length (at most `i32::MAX`), and the
@@ -859,6 +860,18 @@ unsafe fn write_cells_avx512(
     use std::arch::x86_64::*;
     let n8 = cells.len() / 8 * 8;
     let len = _mm256_set1_epi32(cell_w.len() as i32);
+    // up to 32 cells: both tables in registers, looked up by permutes instead of gathers
+    let small = cell_w.len() <= 32;
+    let (mut tw, mut tc) = ([0.0f64; 32], [0i64; 32]);
+    if small {
+        tw[..cell_w.len()].copy_from_slice(cell_w);
+        tc[..cell_cluster.len()].copy_from_slice(cell_cluster);
+    }
+    let ld = |t: &[f64; 32], j: usize| _mm512_loadu_pd(t.as_ptr().add(8 * j));
+    let lc = |t: &[i64; 32], j: usize| _mm512_loadu_si512(t.as_ptr().add(8 * j) as *const _);
+    let (w0, w1, w2, w3) = (ld(&tw, 0), ld(&tw, 1), ld(&tw, 2), ld(&tw, 3));
+    let (c0, c1, c2, c3) = (lc(&tc, 0), lc(&tc, 1), lc(&tc, 2), lc(&tc, 3));
+    let sixteen = _mm512_set1_epi64(16);
     for i in (0..n8).step_by(8) {
         let c = _mm256_loadu_si256(cells.as_ptr().add(i) as *const __m256i);
         // unsigned: u32::MAX and every other cell past the tables fail
@@ -866,8 +879,28 @@ unsafe fn write_cells_avx512(
             write_cells_rows(&cells[i..i + 8], cell_w, cell_cluster, &mut w[i..i + 8], &mut cl[i..i + 8]);
             continue;
         }
-        let wv = _mm512_i32gather_pd::<8>(c, cell_w.as_ptr());
-        let cv = _mm512_i32gather_epi64::<8>(c, cell_cluster.as_ptr());
+        let (wv, cv) = if small {
+            // entries 0..16 from the first pair of registers, 16..32 from the second
+            let idx = _mm512_cvtepu32_epi64(c);
+            let hi = _mm512_test_epi64_mask(idx, sixteen);
+            (
+                _mm512_mask_blend_pd(
+                    hi,
+                    _mm512_permutex2var_pd(w0, idx, w1),
+                    _mm512_permutex2var_pd(w2, idx, w3),
+                ),
+                _mm512_mask_blend_epi64(
+                    hi,
+                    _mm512_permutex2var_epi64(c0, idx, c1),
+                    _mm512_permutex2var_epi64(c2, idx, c3),
+                ),
+            )
+        } else {
+            (
+                _mm512_i32gather_pd::<8>(c, cell_w.as_ptr()),
+                _mm512_i32gather_epi64::<8>(c, cell_cluster.as_ptr()),
+            )
+        };
         _mm512_storeu_pd(w.as_mut_ptr().add(i), wv);
         _mm512_storeu_si512(cl.as_mut_ptr().add(i) as *mut _, cv);
     }
@@ -1208,26 +1241,32 @@ mod tests {
     /// cell past the tables panics on both paths (never reads past them).
     #[test]
     fn write_cells_paths_agree() {
-        let cell_w: Vec<f64> = (0..37).map(|c| 0.25 + c as f64).collect();
-        let cell_cl: Vec<i64> = (0..37).map(|c| if c < 20 { -1 } else { c - 20 }).collect();
-        let mut rng = crate::rng::SplitMix64::new(5);
-        for n in [0usize, 1, 7, 8, 9, 64, 203] {
-            let cells: Vec<u32> = (0..n).map(|_| rng.below(37) as u32).collect();
-            let (mut w, mut cl) = (vec![0.0; n], vec![0; n]);
-            let (mut w2, mut cl2) = (vec![0.0; n], vec![0; n]);
-            write_cells(&cells, &cell_w, &cell_cl, &mut w, &mut cl);
-            write_cells_rows(&cells, &cell_w, &cell_cl, &mut w2, &mut cl2);
-            assert_eq!((w, cl), (w2, cl2), "n {n}");
-        }
-        for bad in [37u32, u32::MAX] {
-            for at in [3usize, 17] {
-                let mut cells = vec![1u32; 20];
-                cells[at] = bad;
-                let r = std::panic::catch_unwind(|| {
-                    let (mut w, mut cl) = (vec![0.0; 20], vec![0; 20]);
-                    write_cells(&cells, &cell_w, &cell_cl, &mut w, &mut cl);
-                });
-                assert!(r.is_err(), "cell {bad} at {at}");
+        // up to 32 cells the tables are permuted in registers, beyond that gathered
+        for n_cells in [1usize, 5, 16, 17, 32, 33, 37] {
+            let cell_w: Vec<f64> = (0..n_cells).map(|c| 0.25 + c as f64).collect();
+            let cell_cl: Vec<i64> = (0..n_cells as i64).map(|c| if c < 20 { -1 } else { c - 20 }).collect();
+            let mut rng = crate::rng::SplitMix64::new(5);
+            for n in [0usize, 1, 7, 8, 9, 64, 203] {
+                let cells: Vec<u32> = (0..n).map(|_| rng.below(n_cells) as u32).collect();
+                let (mut w, mut cl) = (vec![0.0; n], vec![0; n]);
+                let (mut w2, mut cl2) = (vec![0.0; n], vec![0; n]);
+                write_cells(&cells, &cell_w, &cell_cl, &mut w, &mut cl);
+                write_cells_rows(&cells, &cell_w, &cell_cl, &mut w2, &mut cl2);
+                assert_eq!((w, cl), (w2, cl2), "{n_cells} cells, n {n}");
+            }
+            for bad in [n_cells as u32, 32, u32::MAX] {
+                if (bad as usize) < n_cells {
+                    continue;
+                }
+                for at in [3usize, 17] {
+                    let mut cells = vec![0u32; 20];
+                    cells[at] = bad;
+                    let r = std::panic::catch_unwind(|| {
+                        let (mut w, mut cl) = (vec![0.0; 20], vec![0; 20]);
+                        write_cells(&cells, &cell_w, &cell_cl, &mut w, &mut cl);
+                    });
+                    assert!(r.is_err(), "{n_cells} cells: cell {bad} at {at}");
+                }
             }
         }
     }
