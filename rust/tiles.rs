@@ -901,16 +901,19 @@ mod imp {
         finish::<G>(patv, a0, a1, &halves(popcount(patv)), out, lane_mass);
     }
 
-    /// A 0/1 tile from the per-cell-and-count results `bw` (the prompts' cells in `cv`, all
-    /// below the number of cells): the bits of [`binary`].
+    /// A 0/1 tile's patterns, counts of 1s and the advantages `a0` / `a1` of its prompts' 0
+    /// and 1 rewards, from the per-cell-and-count results `bw` (the prompts' cells in `cv`,
+    /// all below the number of cells): what [`by_count`] writes out.
+    struct ByCount {
+        patv: __m512i,
+        count: __m512i,
+        a0: __m512,
+        a1: __m512,
+    }
+
+    /// [`ByCount`] of the tile with patterns `pats` and cells `cv`: two gathers from `bw`.
     #[inline(always)]
-    unsafe fn by_count<const G: usize>(
-        pats: &[u32; TILE],
-        cv: __m512i,
-        bw: &BinaryWeights,
-        out: &mut [f32],
-        lane_mass: &mut [f64; TILE],
-    ) {
+    unsafe fn by_count_fetch(pats: &[u32; TILE], cv: __m512i, bw: &BinaryWeights) -> ByCount {
         let patv = _mm512_loadu_si512(pats.as_ptr() as *const _);
         let count = popcount(patv);
         // entry 16 * cell + count: (a0, a1) as one 64-bit value
@@ -921,7 +924,13 @@ mod imp {
         let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
         let (a0, a1) = (_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi));
-        finish::<G>(patv, a0, a1, &halves(count), out, lane_mass);
+        ByCount { patv, count, a0, a1 }
+    }
+
+    /// A 0/1 tile from its [`ByCount`]: the bits of [`binary`].
+    #[inline(always)]
+    unsafe fn by_count<const G: usize>(f: &ByCount, out: &mut [f32], lane_mass: &mut [f64; TILE]) {
+        finish::<G>(f.patv, f.a0, f.a1, &halves(f.count), out, lane_mass);
     }
 
     /// The end of a 0/1 tile, given the advantages `a0` / `a1` of a 0 / a 1 reward and the
@@ -1078,19 +1087,30 @@ mod imp {
         let n_cells = _mm512_set1_epi32(i32::try_from(w.mult.len()).expect("fewer than 2^31 cells"));
         let bw = w.binary.filter(|b| b.g == G && b.pairs.len() == w.mult.len() * TILE);
         let pats = |q: usize| -> &[u32; TILE] { pat[q..q + TILE].try_into().expect("a full tile") };
+        // a full tile's cells in a register (0/1 tiles are full)
+        let cells_of = |q: usize| {
+            (q + TILE <= np).then(|| {
+                let cv = _mm512_loadu_si512(w.cells[q..q + TILE].as_ptr() as *const _);
+                assert!(_mm512_cmpge_epu32_mask(cv, n_cells) == 0, "a cell without a multiplier");
+                cv
+            })
+        };
+        // a 0/1 tile's results are gathered one tile ahead: the gathers' latency overlaps
+        // the work of the tile before
+        let fetch = |q: usize| match (q < np && bin[q / TILE], table, bw, cells_of(q)) {
+            (true, Some(_), Some(bw), Some(cv)) => Some(by_count_fetch(pats(q), cv, bw)),
+            _ => None,
+        };
+        let mut ahead = fetch(0);
         for q in (0..np).step_by(TILE) {
             let n = TILE.min(np - q);
             let cells = &w.cells[q..q + n];
             let o = &mut out[q * G..(q + n) * G];
-            // a full tile's cells in a register (0/1 tiles are full)
-            let cv = (n == TILE).then(|| {
-                let cv = _mm512_loadu_si512(cells.as_ptr() as *const _);
-                assert!(_mm512_cmpge_epu32_mask(cv, n_cells) == 0, "a cell without a multiplier");
-                cv
-            });
-            if let (true, Some(_), Some(bw), Some(cv)) = (bin[q / TILE], table, bw, cv) {
-                by_count::<G>(pats(q), cv, bw, o, &mut lane_mass);
+            let this = std::mem::replace(&mut ahead, fetch(q + TILE));
+            if let Some(f) = this {
+                by_count::<G>(&f, o, &mut lane_mass);
             } else {
+                let cv = cells_of(q);
                 // the tile's multipliers, gathered (lanes past a partial tile's end get 1)
                 let mult = if let Some(cv) = cv {
                     [
