@@ -442,17 +442,28 @@ impl FairAdvantage {
                         // one loop per kind of tile, without a branch on it per prompt
                         match (ps, binary_so_far) {
                             (TileIn::Binary(pats, t), true) => {
+                                // the leading tiles whose prompts all have a group with
+                                // AVX-512, the rest (from the first unlabelled prompt's tile)
+                                // prompt by prompt
                                 #[cfg(target_arch = "x86_64")]
-                                // SAFETY: AVX-512F checked; check_binary_table passed for the
-                                // table (the one 0/1 tiles come with)
-                                if avx512
-                                    && unsafe {
+                                let done = if avx512 {
+                                    // SAFETY: AVX-512F checked; check_binary_table passed for
+                                    // the table (the one 0/1 tiles come with)
+                                    unsafe {
                                         bin_tile_sums_avx512(pats, t, (ids.0, ids.1, ng), &mut bcell, cells)
                                     }
-                                {
-                                    return;
-                                }
-                                bin_tile_sums(pats, t, (ids.0, ids.1, ng, q), (&mut bcell, unl), cells)
+                                } else {
+                                    0
+                                };
+                                #[cfg(not(target_arch = "x86_64"))]
+                                let done = 0;
+                                bin_tile_sums(
+                                    &pats[done..],
+                                    t,
+                                    (&ids.0[done..], &ids.1[done..], ng, q + done),
+                                    (&mut bcell, unl),
+                                    &mut cells[done..],
+                                )
                             }
                             _ => tile_sums(
                                 |l| ps.get(l),
@@ -1033,10 +1044,10 @@ fn check_binary_table(t: &BinaryTable, g: usize) {
     assert!((0..1u32 << g).all(|p| t.index(p) < t.distinct().len()), "a 0/1 pattern index out of range");
 }
 
-/// [`tile_sums`] of a 0/1 tile (patterns `pats` of `table`) into [`BinCell`]s.
+/// [`tile_sums`] of 0/1 prompts (patterns `pats` of `table`) into [`BinCell`]s.
 #[inline(always)]
 fn bin_tile_sums(
-    pats: &[u32; TILE],
+    pats: &[u32],
     table: &BinaryTable,
     (sid, gid, ng, q): (&[i32], &[i32], usize, usize),
     (bcell, unl): (&mut [BinCell], &mut Vec<(u32, Acc)>),
@@ -1060,50 +1071,52 @@ fn bin_tile_sums(
     }
 }
 
-/// [`bin_tile_sums`] of a full tile whose prompts all have a group, with AVX-512: the cells
-/// computed 16 at a time and each prompt's four sums added as one vector (the same additions
-/// in the same order). Returns false, having done nothing, for any other tile. Panics, as
-/// the indexing of [`bin_tile_sums`] does, on a cell past `bcell`.
+/// [`bin_tile_sums`] of whole tiles (`pats` a whole number of them) whose prompts all have a
+/// group, with AVX-512: each tile's cells computed 16 at a time and each prompt's four sums
+/// added as one vector (the same additions in the same order). Returns the number of leading
+/// prompts it summed: all of them, or up to the first tile with an unlabelled prompt. Panics,
+/// as the indexing of [`bin_tile_sums`] does, on a cell past `bcell`.
 ///
 /// # Safety
 /// AVX-512F must be available and `check_binary_table` must have passed for `table`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn bin_tile_sums_avx512(
-    pats: &[u32; TILE],
+    pats: &[u32],
     table: &BinaryTable,
     (sid, gid, ng): (&[i32], &[i32], usize),
     bcell: &mut [BinCell],
     cells: &mut [u32],
-) -> bool {
+) -> usize {
     use std::arch::x86_64::*;
-    if cells.len() != TILE || sid.len() < TILE || gid.len() < TILE {
-        return false;
-    }
+    assert!(pats.len().is_multiple_of(TILE) && sid.len() >= pats.len() && gid.len() >= pats.len());
+    assert!(cells.len() >= pats.len());
     let zero = _mm512_setzero_si512();
-    let gv = _mm512_loadu_si512(gid.as_ptr() as *const _);
-    if _mm512_cmplt_epi32_mask(gv, zero) != 0 {
-        return false;
-    }
-    let sv = _mm512_loadu_si512(sid.as_ptr() as *const _);
-    let ng32 = i32::try_from(ng).expect("fewer than 2^31 groups");
-    let kv = _mm512_add_epi32(_mm512_mullo_epi32(sv, _mm512_set1_epi32(ng32)), gv);
+    let ng32 = _mm512_set1_epi32(i32::try_from(ng).expect("fewer than 2^31 groups"));
     let len = _mm512_set1_epi32(i32::try_from(bcell.len()).expect("fewer than 2^31 cells"));
-    // sources and groups are non-negative and small: the cells are exact and, checked
-    // here as unsigned, below the number of cells
-    assert!(
-        _mm512_cmplt_epi32_mask(sv, zero) == 0 && _mm512_cmpge_epu32_mask(kv, len) == 0,
-        "a cell past the cell sums"
-    );
-    _mm512_storeu_si512(cells.as_mut_ptr() as *mut _, kv);
     let bs = table.distinct();
-    for (&p, &k) in pats.iter().zip(cells.iter()) {
-        // SAFETY: check_binary_table bounds every pattern's index; `k` was checked above
-        let b = bs.get_unchecked(table.index(p)).as_ptr();
-        let e = bcell.as_mut_ptr().add(k as usize) as *mut f64;
-        _mm256_storeu_pd(e, _mm256_add_pd(_mm256_loadu_pd(e), _mm256_loadu_pd(b)));
+    for t in (0..pats.len()).step_by(TILE) {
+        let gv = _mm512_loadu_si512(gid.as_ptr().add(t) as *const _);
+        if _mm512_cmplt_epi32_mask(gv, zero) != 0 {
+            return t;
+        }
+        let sv = _mm512_loadu_si512(sid.as_ptr().add(t) as *const _);
+        let kv = _mm512_add_epi32(_mm512_mullo_epi32(sv, ng32), gv);
+        // sources and groups are non-negative and small: the cells are exact and, checked
+        // here as unsigned, below the number of cells
+        assert!(
+            _mm512_cmplt_epi32_mask(sv, zero) == 0 && _mm512_cmpge_epu32_mask(kv, len) == 0,
+            "a cell past the cell sums"
+        );
+        _mm512_storeu_si512(cells.as_mut_ptr().add(t) as *mut _, kv);
+        for (&p, &k) in pats[t..t + TILE].iter().zip(&cells[t..t + TILE]) {
+            // SAFETY: check_binary_table bounds every pattern's index; `k` was checked above
+            let b = bs.get_unchecked(table.index(p)).as_ptr();
+            let e = bcell.as_mut_ptr().add(k as usize) as *mut f64;
+            _mm256_storeu_pd(e, _mm256_add_pd(_mm256_loadu_pd(e), _mm256_loadu_pd(b)));
+        }
     }
-    true
+    pats.len()
 }
 
 /// One chunk's share of pass 1.
@@ -1183,9 +1196,9 @@ mod tests {
         FairAdvantage::new(FairConfig::preset(preset).unwrap()).unwrap()
     }
 
-    /// The vector 0/1 tile sums equal the prompt-by-prompt ones bit for bit over many tiles
-    /// into the same cells; they decline tiles with an unlabelled prompt or a partial tile
-    /// (untouched cells), and a cell past the sums panics.
+    /// The vector 0/1 tile sums equal the prompt-by-prompt ones bit for bit over runs of
+    /// tiles into the same cells; they stop at the first tile with an unlabelled prompt (the
+    /// rest going prompt by prompt), and a cell past the sums panics.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn bin_tile_sums_paths_agree() {
@@ -1198,33 +1211,34 @@ mod tests {
         let (ns, ng) = (3usize, 5usize);
         let mut rng = crate::rng::SplitMix64::new(9);
         let (mut a, mut b) = (vec![BinCell::default(); ns * ng], vec![BinCell::default(); ns * ng]);
-        let mut unl = Vec::new();
-        for t in 0..300 {
-            let pats: [u32; TILE] = std::array::from_fn(|_| rng.below(1 << g) as u32);
-            let sid: Vec<i32> = (0..TILE).map(|_| rng.below(ns) as i32).collect();
-            let mut gid: Vec<i32> = (0..TILE).map(|_| rng.below(ng) as i32).collect();
-            if t % 7 == 3 {
-                gid[t % TILE] = -1;
+        let (mut ua, mut ub) = (Vec::new(), Vec::new());
+        for run in 0..60 {
+            let n = TILE * (1 + run % 8);
+            let pats: Vec<u32> = (0..n).map(|_| rng.below(1 << g) as u32).collect();
+            let sid: Vec<i32> = (0..n).map(|_| rng.below(ns) as i32).collect();
+            let mut gid: Vec<i32> = (0..n).map(|_| rng.below(ng) as i32).collect();
+            // an unlabelled prompt in some runs, in a tile after the first in most of them
+            let unlabelled = (run % 5 == 2).then(|| (run * 37) % n);
+            if let Some(at) = unlabelled {
+                gid[at] = -1;
             }
-            let (mut ca, mut cb) = (vec![0u32; TILE], vec![0u32; TILE]);
+            let (mut ca, mut cb) = (vec![0u32; n], vec![0u32; n]);
+            let q = 1000 * run;
             // SAFETY: AVX-512F checked; check_binary_table passed
-            let took = unsafe { bin_tile_sums_avx512(&pats, &table, (&sid, &gid, ng), &mut a, &mut ca) };
-            assert_eq!(took, t % 7 != 3, "tile {t}");
-            if !took {
-                bin_tile_sums(&pats, &table, (&sid, &gid, ng, 0), (&mut a, &mut unl), &mut ca);
-            }
-            bin_tile_sums(&pats, &table, (&sid, &gid, ng, 0), (&mut b, &mut unl), &mut cb);
-            assert_eq!(ca, cb, "tile {t}");
+            let done = unsafe { bin_tile_sums_avx512(&pats, &table, (&sid, &gid, ng), &mut a, &mut ca) };
+            assert_eq!(done, unlabelled.map_or(n, |at| at / TILE * TILE), "run {run}");
+            let rest = (&sid[done..], &gid[done..], ng, q + done);
+            bin_tile_sums(&pats[done..], &table, rest, (&mut a, &mut ua), &mut ca[done..]);
+            bin_tile_sums(&pats, &table, (&sid, &gid, ng, q), (&mut b, &mut ub), &mut cb);
+            assert_eq!(ca, cb, "run {run}");
         }
         let bits = |c: &[BinCell]| c.iter().flat_map(|v| v.map(f64::to_bits)).collect::<Vec<_>>();
         assert_eq!(bits(&a), bits(&b));
-        // a partial tile is declined and leaves the cells as they were
-        let before = bits(&a);
-        let (sid, gid) = (vec![0i32; TILE], vec![0i32; TILE]);
-        let mut short = vec![0u32; TILE - 1];
-        // SAFETY: as above
-        assert!(!unsafe { bin_tile_sums_avx512(&[0; TILE], &table, (&sid, &gid, ng), &mut a, &mut short) });
-        assert_eq!(bits(&a), before);
+        let key = |u: &[(u32, Acc)]| {
+            u.iter().map(|(q, x)| (*q, x.ssum.to_bits(), x.ssq.to_bits())).collect::<Vec<_>>()
+        };
+        assert!(!ua.is_empty());
+        assert_eq!(key(&ua), key(&ub));
         // a cell past the sums (a group id past `ng` for the last source) panics
         let bad = std::panic::catch_unwind(|| {
             let mut cells = vec![BinCell::default(); ns * ng];

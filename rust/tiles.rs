@@ -70,13 +70,14 @@ pub const BATCH: usize = 8;
 /// rollout order).
 pub type PromptSums = [f64; 4];
 
-/// The prompt sums of one tile as pass 1 ([`sums`]) hands them on.
+/// The prompt sums of one tile, or of a run of 0/1 tiles, as pass 1 ([`sums`]) hands them on.
 #[derive(Clone, Copy)]
 pub enum TileIn<'a> {
     /// The sums of the tile's prompts (lanes past its prompt count are meaningless).
     Sums(&'a [PromptSums; TILE]),
-    /// A full tile of 0/1 rewards: its prompts' patterns, whose sums the table holds.
-    Binary(&'a [u32; TILE], &'a BinaryTable),
+    /// Full tiles of 0/1 rewards (a whole number of them): their prompts' patterns, whose
+    /// sums the table holds.
+    Binary(&'a [u32], &'a BinaryTable),
 }
 
 impl TileIn<'_> {
@@ -818,11 +819,8 @@ mod imp {
                 let t = table.expect("runs only finds 0/1 runs with a table");
                 let (bin, f) = &mut *shared.borrow_mut();
                 pat[q0..q0 + TILE * BATCH].copy_from_slice(pats);
-                for (b, pt) in pats.chunks_exact(TILE).enumerate() {
-                    let q = q0 + b * TILE;
-                    bin[q / TILE] = true;
-                    f(q, TILE, TileIn::Binary(pt.try_into().expect("a full tile"), t));
-                }
+                bin[q0 / TILE..q0 / TILE + BATCH].fill(true);
+                f(q0, TILE * BATCH, TileIn::Binary(pats, t));
             },
             |q0, rb| {
                 let (bin, f) = &mut *shared.borrow_mut();
