@@ -1095,8 +1095,10 @@ mod imp {
         };
         // a 0/1 tile's results are gathered one tile ahead: the gathers' latency overlaps
         // the work of the tile before
-        let fetch = |q: usize| match (q < np && bin[q / TILE], table, bw, cells_of(q)) {
-            (true, Some(_), Some(bw), Some(cv)) => Some(by_count_fetch(pats(q), cv, bw)),
+        let fetch = |q: usize| match (table, bw) {
+            (Some(_), Some(bw)) if q < np && bin[q / TILE] => {
+                cells_of(q).map(|cv| by_count_fetch(pats(q), cv, bw))
+            }
             _ => None,
         };
         let mut ahead = fetch(0);
