@@ -363,9 +363,6 @@ impl FairAdvantage {
             }
         }
         let table = table.as_ref().filter(|t| t.fits(g, &sp));
-        if let Some(t) = table {
-            check_binary_table(t, g);
-        }
         #[cfg(target_arch = "x86_64")]
         let avx512 = std::arch::is_x86_feature_detected!("avx512f");
         let parts = loop {
@@ -421,7 +418,7 @@ impl FairAdvantage {
                     // While every tile so far is 0/1 the source sums are not added up prompt
                     // by prompt: their counts and reward sums are integers, so the sums of
                     // the cells and unlabelled prompts of the source give the same bits; and
-                    // the cells add those integers as integers (`BinCell`).
+                    // the cells' sums of those integers are exact in f64 (`BinCell`).
                     let mut src = vec![Sums4::default(); ns];
                     let mut cell = vec![Sums4::default(); ns * ng];
                     let mut bcell = vec![BinCell::default(); ns * ng];
@@ -447,8 +444,7 @@ impl FairAdvantage {
                                 // prompt by prompt
                                 #[cfg(target_arch = "x86_64")]
                                 let done = if avx512 {
-                                    // SAFETY: AVX-512F checked; check_binary_table passed for
-                                    // the table (the one 0/1 tiles come with)
+                                    // SAFETY: AVX-512F checked
                                     unsafe {
                                         bin_tile_sums_avx512(pats, t, (ids.0, ids.1, ng), &mut bcell, cells)
                                     }
@@ -1024,24 +1020,13 @@ fn tile_sums<'a>(
 type BinCell = [f64; 4];
 
 /// The cells as [`Sums4`] (all zero before): the same sums, and the prompt count as the
-/// reward count over G (exact: every 0/1 prompt counts G rewards).
+/// reward count over G (exact: every 0/1 prompt counts G rewards, as `BinaryTable::new`
+/// asserts).
 fn bin_into_sums(b: &[BinCell], g: usize, cell: &mut [Sums4]) {
     for (c, b) in cell.iter_mut().zip(b) {
         c.v = *b;
         c.n = (b[1] / g as f64) as u64;
     }
-}
-
-/// Checks what the 0/1 path relies on: every distinct sum of the table counts `g` rewards
-/// (no NaN), its reward sum is an integer in `0..=g`, and every pattern's index is in range.
-fn check_binary_table(t: &BinaryTable, g: usize) {
-    for v in t.distinct() {
-        assert!(
-            v[1] == g as f64 && (0.0..=g as f64).contains(&v[0]) && v[0].fract() == 0.0,
-            "0/1 sums {v:?}"
-        );
-    }
-    assert!((0..1u32 << g).all(|p| t.index(p) < t.distinct().len()), "a 0/1 pattern index out of range");
 }
 
 /// [`tile_sums`] of 0/1 prompts (patterns `pats` of `table`) into [`BinCell`]s.
@@ -1078,7 +1063,7 @@ fn bin_tile_sums(
 /// as the indexing of [`bin_tile_sums`] does, on a cell past `bcell`.
 ///
 /// # Safety
-/// AVX-512F must be available and `check_binary_table` must have passed for `table`.
+/// AVX-512F must be available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn bin_tile_sums_avx512(
@@ -1094,7 +1079,6 @@ unsafe fn bin_tile_sums_avx512(
     let zero = _mm512_setzero_si512();
     let ng32 = _mm512_set1_epi32(i32::try_from(ng).expect("fewer than 2^31 groups"));
     let len = _mm512_set1_epi32(i32::try_from(bcell.len()).expect("fewer than 2^31 cells"));
-    let bs = table.distinct();
     for t in (0..pats.len()).step_by(TILE) {
         let gv = _mm512_loadu_si512(gid.as_ptr().add(t) as *const _);
         if _mm512_cmplt_epi32_mask(gv, zero) != 0 {
@@ -1110,8 +1094,8 @@ unsafe fn bin_tile_sums_avx512(
         );
         _mm512_storeu_si512(cells.as_mut_ptr().add(t) as *mut _, kv);
         for (&p, &k) in pats[t..t + TILE].iter().zip(&cells[t..t + TILE]) {
-            // SAFETY: check_binary_table bounds every pattern's index; `k` was checked above
-            let b = bs.get_unchecked(table.index(p)).as_ptr();
+            let b = table.sums_of(p).as_ptr();
+            // SAFETY: `k` was checked above
             let e = bcell.as_mut_ptr().add(k as usize) as *mut f64;
             _mm256_storeu_pd(e, _mm256_add_pd(_mm256_loadu_pd(e), _mm256_loadu_pd(b)));
         }
@@ -1207,7 +1191,6 @@ mod tests {
         }
         let g = 10;
         let table = BinaryTable::new(g, &ScoreParams::new(Scale::Group, 0.0, 1e-4, g)).unwrap();
-        check_binary_table(&table, g);
         let (ns, ng) = (3usize, 5usize);
         let mut rng = crate::rng::SplitMix64::new(9);
         let (mut a, mut b) = (vec![BinCell::default(); ns * ng], vec![BinCell::default(); ns * ng]);
@@ -1224,7 +1207,7 @@ mod tests {
             }
             let (mut ca, mut cb) = (vec![0u32; n], vec![0u32; n]);
             let q = 1000 * run;
-            // SAFETY: AVX-512F checked; check_binary_table passed
+            // SAFETY: AVX-512F checked
             let done = unsafe { bin_tile_sums_avx512(&pats, &table, (&sid, &gid, ng), &mut a, &mut ca) };
             assert_eq!(done, unlabelled.map_or(n, |at| at / TILE * TILE), "run {run}");
             let rest = (&sid[done..], &gid[done..], ng, q + done);

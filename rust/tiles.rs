@@ -149,6 +149,11 @@ impl BinaryTable {
             }
         });
         debug_assert!(bad.is_none());
+        // what the 0/1 path of FairAdvantage's pass 1 relies on: a pattern's sums count its
+        // G rewards (none is NaN) and its 1s
+        for (pat, v) in sums_v.iter().enumerate() {
+            assert!(v[1] == g as f64 && v[0] == f64::from((pat as u32).count_ones()), "0/1 sums {v:?}");
+        }
         let score: Vec<[f32; 2]> = (0..np)
             .map(|pat| {
                 let base = pat / TILE * TILE * g + pat % TILE;
