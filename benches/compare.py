@@ -9,7 +9,9 @@ lower bound, and notes (iterations, inertia, agreement with ours). How it measur
 - every implementation runs in its own process (``benches/peers/worker.py``), on the same data,
   written once to .npy files in a temporary directory; each worker warms up once untimed;
 - the workers of one case stay alive and are timed in turn, ``--repeats`` rounds (>= 5 for the
-  full run), so ours and the peers see the same machine state; each cell is the median;
+  full run), so ours and the peers see the same machine state; each cell is the median; the
+  driver pauses 20 ms before each timed call (libgomp's threads spin ~5-7 ms after torch's
+  work and would otherwise hold a core while the next worker is timed);
 - threads: RAYON_NUM_THREADS = OMP_NUM_THREADS = OPENBLAS/MKL_NUM_THREADS = torch threads = 2
   (Lloyd also at 1); faiss adds OMP_WAIT_POLICY=PASSIVE. The peers' processes run without
   OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (a quirk of these machines that slows numpy's BLAS);
@@ -109,12 +111,18 @@ class Worker:
             self.proc.kill()
 
 
+# Pause between two timed calls. libgomp's threads (torch) spin for ~5-7 ms after each parallel
+# region by default; without a pause the next worker is timed while they still hold a core.
+SETTLE_S = 0.02
+
+
 def interleaved(workers: list[Worker], repeats: int) -> dict[str, list[dict[str, Any]]]:
     """Times every worker once per round, rotating the order each round; returns all results."""
     res: dict[str, list[dict[str, Any]]] = {w.name: [] for w in workers}
     for i in range(repeats):
         order = workers[i % len(workers) :] + workers[: i % len(workers)]
         for w in order:
+            time.sleep(SETTLE_S)
             res[w.name].append(w.call("run"))
     return res
 

@@ -2,7 +2,7 @@
 //! prompts labelled: `cargo run --release --example fair_probe -- PROMPTS REPS THREADS [GRADED]`
 //! (GRADED = 1: 0/1 plus 0.2 for 70 % of the rollouts, the step's general path). With
 //! `PAUSE_MS=150` every step follows a sleep, as in a training loop (the threads idle between
-//! calls); without it the steps run back to back.
+//! calls); without it the steps run back to back. `ALL=1` prints every step's time too.
 use _core::config::FairConfig;
 use _core::fair::FairAdvantage;
 use _core::labels::Labels;
@@ -47,6 +47,9 @@ fn main() {
         ts.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     ts.remove(0);
+    if std::env::var("ALL").is_ok() {
+        println!("steps (ms): {}", ts.iter().map(|t| format!("{t:.1}")).collect::<Vec<_>>().join(" "));
+    }
     ts.sort_by(f64::total_cmp);
     println!(
         "p {p} threads {threads}: median {:.3} ms, {:.2} ns/prompt",

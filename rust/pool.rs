@@ -135,7 +135,14 @@ fn share(n_chunks: usize, threads: usize, body: &(dyn Fn(usize) + Sync)) {
     // store, and `Helpers::drop` (which runs before this frame is left, by return or by
     // unwinding) calls off every helper that has not claimed and waits for every one that has.
     let job: Job = unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), Job>(work) };
-    let helpers = Helpers((1..workers).map(|w| Helper::spawn(job, w)).collect());
+    let home = cpu::current();
+    let helpers = Helpers((1..workers).map(|w| Helper::spawn(job, w, home)).collect());
+    if workers > 1 {
+        // a helper just woken onto this CPU runs now (and moves off it, see `cpu`) instead
+        // of waiting out this thread's time slice, milliseconds; elsewhere this costs a
+        // system call
+        std::thread::yield_now();
+    }
     work(0);
     drop(helpers); // joins; re-raises a helper's panic
 }
@@ -184,11 +191,16 @@ unsafe impl Send for Helper {}
 unsafe impl Sync for Helper {}
 
 impl Helper {
-    fn spawn(job: Job, worker: usize) -> Arc<Helper> {
+    /// `home`: the CPU of the spawning thread, which works through the chunks itself.
+    fn spawn(job: Job, worker: usize, home: Option<usize>) -> Arc<Helper> {
         let h = Arc::new(Helper { state: AtomicU8::new(IDLE), job, worker, panic: Mutex::new(None) });
         let task = Arc::clone(&h);
         rayon::spawn(move || {
             if task.state.compare_exchange(IDLE, RUNNING, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                // a helper woken onto the spawner's own CPU would only take turns with it
+                if let Some(c) = home.filter(|&c| cpu::current() == Some(c)) {
+                    cpu::move_off(c);
+                }
                 // SAFETY: claimed, so the spawning `share` call waits for `DONE` before its
                 // frame (which owns the closure) is left.
                 let run = || unsafe { (*task.job)(task.worker) };
@@ -275,6 +287,38 @@ mod tests {
         assert_eq!(a[99], 198);
     }
 
+    /// A helper on its spawner's CPU steps to another one it may use, and its set of allowed
+    /// CPUs is as before afterwards.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn move_off_moves_and_restores_the_allowed_cpus() {
+        let allowed = || {
+            // SAFETY: a zeroed bit set read with its own size
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
+                (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect::<Vec<_>>()
+            }
+        };
+        std::thread::spawn(move || {
+            let before = allowed();
+            let here = cpu::current().expect("sched_getcpu works on Linux");
+            let moved = cpu::move_off(here);
+            assert_eq!(allowed(), before);
+            if before.len() >= 2 {
+                let to = moved.expect("moved");
+                assert!(to != here && before.contains(&to), "{here} -> {to} of {before:?}");
+            } else {
+                assert_eq!(moved, None);
+            }
+            // a CPU it may not use, or one past any set: nothing happens
+            assert_eq!(cpu::move_off(100_000), None);
+            assert_eq!(allowed(), before);
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn zero_threads_is_an_error() {
         assert!(resolve_threads(Some(0)).is_err());
@@ -339,5 +383,60 @@ mod tests {
         }
         // the pool still works afterwards
         assert_eq!(map_chunks(8, 2, |i| i).len(), 8);
+    }
+}
+
+/// Where a helper runs. On some virtual machines the kernel wakes a helper onto the CPU of
+/// the thread that woke it even though the other CPUs are idle (a vCPU that idled long
+/// enough reads as preempted and is passed over), and the two take turns on one CPU until
+/// the next load balance, milliseconds later: the step then runs at one thread's speed.
+mod cpu {
+    /// The CPU the calling thread runs on (None where unknown).
+    pub fn current() -> Option<usize> {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: no arguments; returns -1 on failure.
+            let c = unsafe { libc::sched_getcpu() };
+            usize::try_from(c).ok()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
+    }
+
+    /// Moves the calling thread to another CPU it may run on, then allows `cpu` again: its
+    /// set of allowed CPUs ends as it began. Does nothing if `cpu` is its only one or the
+    /// set cannot be read. Returns the CPU it ran on in between (None if it did not move).
+    pub fn move_off(cpu: usize) -> Option<usize> {
+        #[cfg(target_os = "linux")]
+        // SAFETY: `set` is a plain bit set owned here, passed with its own size; `cpu` is
+        // checked against the set's size before the CPU_* helpers index it.
+        unsafe {
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, size, &mut set) != 0
+                || cpu >= 8 * size
+                || !libc::CPU_ISSET(cpu, &set)
+                || libc::CPU_COUNT(&set) < 2
+            {
+                return None;
+            }
+            let mut others = set;
+            libc::CPU_CLR(cpu, &mut others);
+            // the kernel moves the thread before the first call returns; the second only
+            // widens the set again, so the thread stays where it now is
+            if libc::sched_setaffinity(0, size, &others) != 0 {
+                return None;
+            }
+            let now = current();
+            libc::sched_setaffinity(0, size, &set);
+            now
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = cpu;
+            None
+        }
     }
 }
