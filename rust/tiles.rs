@@ -749,28 +749,51 @@ mod imp {
 
     /// The 0/1 patterns (bit i = rollout i is 1.0) of the [`BATCH`] full tiles at `r`, or
     /// false if some reward is neither +0.0 nor 1.0 (compared as bits: -0.0 or NaN is not).
+    ///
+    /// A tile's 16 G rewards are G whole vectors; comparing them gives the tile's bit string
+    /// in reward order (bit 16i + e = reward 16i + e is 1.0), in which prompt l's pattern is
+    /// the G bits from bit G l on: each lane shifts its bits out of the one or two 32-bit
+    /// words they lie in.
     #[inline(always)]
     unsafe fn patterns<const G: usize>(r: &[f32], pats: &mut [u32; TILE * BATCH]) -> bool {
-        assert!(r.len() >= BATCH * TILE * G);
-        let gm = ((1u32 << G) - 1) as __mmask16;
+        assert!(r.len() >= BATCH * TILE * G && G <= 16);
         let one = _mm512_set1_epi32(1.0f32.to_bits() as i32);
         let zero = _mm512_setzero_si512();
+        // lane l: its pattern starts at bit `at` of word `word` of the bit string
+        let first: [i32; TILE] = std::array::from_fn(|l| (G * l) as i32);
+        let first = _mm512_loadu_si512(first.as_ptr() as *const _);
+        let word = _mm512_srli_epi32::<5>(first);
+        let next = _mm512_add_epi32(word, _mm512_set1_epi32(1));
+        let at = _mm512_and_si512(first, _mm512_set1_epi32(31));
+        // a shift by 32 (`at` = 0) gives 0
+        let rest = _mm512_sub_epi32(_mm512_set1_epi32(32), at);
+        let low = _mm512_set1_epi32(((1u32 << G) - 1) as i32);
+        // the bit string in `v`, 16 bits per reward vector (words past the G vectors are 0
+        // and are only ever shifted out or masked off)
+        let mut good: __mmask16 = 0xffff;
         let x = r.as_ptr() as *const i32;
         for (b, pt) in pats.chunks_exact_mut(TILE).enumerate() {
             prefetch_next::<G>((x as *const f32).wrapping_add(b * TILE * G));
-            let mut other: __mmask16 = 0;
-            for (l, v) in pt.iter_mut().enumerate() {
-                let row = _mm512_maskz_loadu_epi32(gm, x.add((b * TILE + l) * G));
-                let m1 = _mm512_mask_cmpeq_epi32_mask(gm, row, one);
-                let m0 = _mm512_mask_cmpeq_epi32_mask(gm, row, zero);
-                other |= gm & !(m0 | m1);
-                *v = m1 as u32;
+            let mut v = _mm512_setzero_si512();
+            let mut half: u32 = 0;
+            for i in 0..G {
+                let row = _mm512_loadu_si512(x.add((b * G + i) * TILE) as *const _);
+                let m1 = _mm512_cmpeq_epi32_mask(row, one);
+                good &= m1 | _mm512_cmpeq_epi32_mask(row, zero);
+                if i % 2 == 0 {
+                    half = m1 as u32;
+                } else {
+                    half |= (m1 as u32) << 16;
+                }
+                if i % 2 == 1 || i == G - 1 {
+                    v = _mm512_mask_set1_epi32(v, 1 << (i / 2), half as i32);
+                }
             }
-            if other != 0 {
-                return false;
-            }
+            let (lo, hi) = (_mm512_permutexvar_epi32(word, v), _mm512_permutexvar_epi32(next, v));
+            let p = _mm512_or_si512(_mm512_srlv_epi32(lo, at), _mm512_sllv_epi32(hi, rest));
+            _mm512_storeu_si512(pt.as_mut_ptr() as *mut _, _mm512_and_si512(p, low));
         }
-        true
+        good == 0xffff
     }
 
     #[target_feature(enable = "avx512f")]
@@ -1165,6 +1188,55 @@ mod imp {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        /// The vector patterns are each prompt's rollouts as bits, and any reward other than
+        /// +0.0 or 1.0 (-0.0, 0.5, 2.0, a NaN, a value with some of 1.0's bits) is refused.
+        #[test]
+        fn patterns_are_the_rollout_bits() {
+            if !std::arch::is_x86_feature_detected!("avx512f") {
+                return;
+            }
+            #[target_feature(enable = "avx512f")]
+            unsafe fn check<const G: usize>(rng: &mut crate::rng::SplitMix64) {
+                let odd =
+                    [-0.0f32, 0.5, 2.0, f32::NAN, f32::from_bits(0x0080_0000), f32::from_bits(0x3f80_0001)];
+                for round in 0..200 {
+                    let mut r: Vec<f32> =
+                        (0..BATCH * TILE * G).map(|_| (rng.uniform() < 0.5) as u8 as f32).collect();
+                    if round % 3 == 0 {
+                        let at = rng.below(r.len());
+                        r[at] = odd[rng.below(odd.len())];
+                    }
+                    let want: Vec<u32> = r
+                        .chunks_exact(G)
+                        .map(|p| {
+                            p.iter()
+                                .enumerate()
+                                .map(|(i, &v)| ((v.to_bits() == 1.0f32.to_bits()) as u32) << i)
+                                .sum()
+                        })
+                        .collect();
+                    let ok = r.iter().all(|v| v.to_bits() == 0 || v.to_bits() == 1.0f32.to_bits());
+                    let mut pats = [u32::MAX; TILE * BATCH];
+                    assert_eq!(patterns::<G>(&r, &mut pats), ok, "G {G}");
+                    if ok {
+                        assert_eq!(&pats[..], &want[..], "G {G}");
+                    }
+                }
+            }
+            let mut rng = crate::rng::SplitMix64::new(12);
+            // SAFETY: AVX-512F checked above
+            unsafe {
+                check::<2>(&mut rng);
+                check::<3>(&mut rng);
+                check::<5>(&mut rng);
+                check::<7>(&mut rng);
+                check::<8>(&mut rng);
+                check::<10>(&mut rng);
+                check::<12>(&mut rng);
+                check::<16>(&mut rng);
+            }
+        }
 
         /// `exact_mass`, where it answers, gives the bits of the rollout-order sums, and it
         /// declines for values far apart, infinite or NaN; `popcount` counts.
