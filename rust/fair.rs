@@ -28,6 +28,12 @@ use serde::{Deserialize, Serialize};
 /// Prompts per chunk of the two passes.
 const PROMPTS_PER_CHUNK: usize = 2048;
 
+thread_local! {
+    /// Source and group ids of one chunk, for pass 1's fused label lookup (one pair of
+    /// buffers per thread, reused from step to step).
+    static LOCAL_IDS: std::cell::Cell<(Vec<i32>, Vec<i32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+}
+
 /// Running count / reward statistics of a source or group.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunStat {
@@ -394,116 +400,151 @@ impl FairAdvantage {
                     cell: vec![Acc::default(); ns * ng],
                     ..Default::default()
                 };
-                if let Some((sv, gv)) = fused {
-                    let mut known = smap_r.lookup_small(&sv[q_start..q_end], sid);
-                    if let Some(gv) = gv {
-                        known &= gmap_r.lookup_small(&gv[q_start..q_end], gid);
-                        if !cfg.use_groups {
-                            gid.fill(-1);
+                // fused lookups go to buffers of this thread that stay in its cache: the
+                // batch-long ids are written only where the clustering needs the sources
+                let mut local = fused.map(|_| LOCAL_IDS.with(|l| l.take()));
+                if let (Some((sv, gv)), Some((ls, lg))) = (fused, local.as_mut()) {
+                    let n = q_end - q_start;
+                    ls.resize(n, 0);
+                    lg.resize(n, -1);
+                    let mut known = smap_r.lookup_small(&sv[q_start..q_end], ls);
+                    match gv {
+                        Some(gv) => {
+                            known &= gmap_r.lookup_small(&gv[q_start..q_end], lg);
+                            if !cfg.use_groups {
+                                lg.fill(-1);
+                            }
                         }
+                        None => lg.fill(-1),
                     }
                     if !known {
                         part.new_label = true;
-                        return part;
-                    }
-                    if let Some(i) = sid.iter().position(|&s| s < 0) {
+                    } else if let Some(i) = ls.iter().position(|&s| s < 0) {
                         part.no_source = Some(q_start + i);
-                        return part;
                     }
                 }
-                let (sid, gid) = (&**sid, &**gid);
-                if let Some(r) = tiled {
-                    // the source and cell sums as `Sums4` (the prompt counts apart): the same
-                    // additions in the same order as `Pass1::add`, in fewer instructions.
-                    // While every tile so far is 0/1 the source sums are not added up prompt
-                    // by prompt: their counts and reward sums are integers, so the sums of
-                    // the cells and unlabelled prompts of the source give the same bits; and
-                    // the cells' sums of those integers are exact in f64 (`BinCell`).
-                    let mut src = vec![Sums4::default(); ns];
-                    let mut cell = vec![Sums4::default(); ns * ng];
-                    let mut bcell = vec![BinCell::default(); ns * ng];
-                    let mut binary_so_far = true;
-                    let unl = &mut part.unl;
-                    let rq = &r[q_start * g..q_end * g];
-                    part.bad = tiles::sums(rq, g, &sp, table, tst, tbn, tpt, &mut |q0, n, ps| {
-                        let ids = (&sid[q0..q0 + n], &gid[q0..q0 + n]);
-                        let binary = matches!(ps, TileIn::Binary(..));
-                        if binary_so_far && !binary {
-                            binary_so_far = false;
-                            bin_into_sums(&bcell, g, &mut cell);
-                            src = Sums4::sources_of(&cell, ns, ng, unl, |q| sid[q - q_start]);
-                        }
-                        let cells = &mut cells[q0..q0 + n];
-                        let unl = &mut *unl;
-                        let q = q_start + q0;
-                        // one loop per kind of tile, without a branch on it per prompt
-                        match (ps, binary_so_far) {
-                            (TileIn::Binary(pats, t), true) => {
-                                // the leading tiles whose prompts all have a group with
-                                // AVX-512, the rest (from the first unlabelled prompt's tile)
-                                // prompt by prompt
-                                #[cfg(target_arch = "x86_64")]
-                                let done = if avx512 {
-                                    // SAFETY: AVX-512F checked
-                                    unsafe {
-                                        bin_tile_sums_avx512(pats, t, (ids.0, ids.1, ng), &mut bcell, cells)
-                                    }
-                                } else {
-                                    0
-                                };
-                                #[cfg(not(target_arch = "x86_64"))]
-                                let done = 0;
-                                bin_tile_sums(
-                                    &pats[done..],
-                                    t,
-                                    (&ids.0[done..], &ids.1[done..], ng, q + done),
-                                    (&mut bcell, unl),
-                                    &mut cells[done..],
-                                )
-                            }
-                            _ => tile_sums(
-                                |l| ps.get(l),
-                                (ids.0, ids.1, ng, q),
-                                (&mut src, &mut cell, unl),
-                                cells,
-                            ),
-                        }
-                    })
-                    .map(|i| q_start * g + i);
-                    if binary_so_far {
-                        bin_into_sums(&bcell, g, &mut cell);
-                        src = Sums4::sources_of(&cell, ns, ng, &part.unl, |q| sid[q - q_start]);
-                    }
-                    part.src = src.iter().map(Sums4::acc).collect();
-                    part.cell = cell.iter().map(Sums4::acc).collect();
+                if part.new_label || part.no_source.is_some() {
+                    LOCAL_IDS.with(|l| l.set(local.unwrap_or_default()));
                     return part;
                 }
-                simd(|| {
-                    let mut b = BlockScorer::new(g, cfg.scale, bstd, cfg.score_eps);
-                    for q0 in (q_start..q_end).step_by(L) {
-                        let np = L.min(q_end - q0);
-                        let rb = &rewards[q0 * g..(q0 + np) * g];
-                        b.load(rb, np);
-                        if b.infinite && part.bad.is_none() {
-                            part.bad =
-                                rb.iter().position(|v| !v.is_finite() && !v.is_nan()).map(|i| q0 * g + i);
+                let sid_all = &mut **sid;
+                let (sid, gid): (&[i32], &[i32]) = match &local {
+                    Some((ls, lg)) => (ls, lg),
+                    None => (&*sid_all, &**gid),
+                };
+                let part = 'body: {
+                    if let Some(r) = tiled {
+                        // the source and cell sums as `Sums4` (the prompt counts apart): the same
+                        // additions in the same order as `Pass1::add`, in fewer instructions.
+                        // While every tile so far is 0/1 the source sums are not added up prompt
+                        // by prompt: their counts and reward sums are integers, so the sums of
+                        // the cells and unlabelled prompts of the source give the same bits; and
+                        // the cells' sums of those integers are exact in f64 (`BinCell`).
+                        let mut src = vec![Sums4::default(); ns];
+                        let mut cell = vec![Sums4::default(); ns * ng];
+                        let mut bcell = vec![BinCell::default(); ns * ng];
+                        let mut binary_so_far = true;
+                        let unl = &mut part.unl;
+                        let rq = &r[q_start * g..q_end * g];
+                        part.bad = tiles::sums(rq, g, &sp, table, tst, tbn, tpt, &mut |q0, n, ps| {
+                            let ids = (&sid[q0..q0 + n], &gid[q0..q0 + n]);
+                            let binary = matches!(ps, TileIn::Binary(..));
+                            if binary_so_far && !binary {
+                                binary_so_far = false;
+                                bin_into_sums(&bcell, g, &mut cell);
+                                src = Sums4::sources_of(&cell, ns, ng, unl, |q| sid[q - q_start]);
+                            }
+                            let cells = &mut cells[q0..q0 + n];
+                            let unl = &mut *unl;
+                            let q = q_start + q0;
+                            // one loop per kind of tile, without a branch on it per prompt
+                            match (ps, binary_so_far) {
+                                (TileIn::Binary(pats, t), true) => {
+                                    // the leading tiles whose prompts all have a group with
+                                    // AVX-512, the rest (from the first unlabelled prompt's tile)
+                                    // prompt by prompt
+                                    #[cfg(target_arch = "x86_64")]
+                                    let done = if avx512 {
+                                        // SAFETY: AVX-512F checked
+                                        unsafe {
+                                            bin_tile_sums_avx512(
+                                                pats,
+                                                t,
+                                                (ids.0, ids.1, ng),
+                                                &mut bcell,
+                                                cells,
+                                            )
+                                        }
+                                    } else {
+                                        0
+                                    };
+                                    #[cfg(not(target_arch = "x86_64"))]
+                                    let done = 0;
+                                    bin_tile_sums(
+                                        &pats[done..],
+                                        t,
+                                        (&ids.0[done..], &ids.1[done..], ng, q + done),
+                                        (&mut bcell, unl),
+                                        &mut cells[done..],
+                                    )
+                                }
+                                _ => tile_sums(
+                                    |l| ps.get(l),
+                                    (ids.0, ids.1, ng, q),
+                                    (&mut src, &mut cell, unl),
+                                    cells,
+                                ),
+                            }
+                        })
+                        .map(|i| q_start * g + i);
+                        if binary_so_far {
+                            bin_into_sums(&bcell, g, &mut cell);
+                            src = Sums4::sources_of(&cell, ns, ng, &part.unl, |q| sid[q - q_start]);
                         }
-                        let (mut ssum, mut ssq) = ([0.0f64; L], [0.0f64; L]);
-                        for srow in b.s.chunks_exact(L) {
-                            for l in 0..L {
-                                ssum[l] += srow[l];
-                                ssq[l] += srow[l] * srow[l];
+                        part.src = src.iter().map(Sums4::acc).collect();
+                        part.cell = cell.iter().map(Sums4::acc).collect();
+                        break 'body part;
+                    }
+                    simd(|| {
+                        let mut b = BlockScorer::new(g, cfg.scale, bstd, cfg.score_eps);
+                        for q0 in (q_start..q_end).step_by(L) {
+                            let np = L.min(q_end - q0);
+                            let rb = &rewards[q0 * g..(q0 + np) * g];
+                            b.load(rb, np);
+                            if b.infinite && part.bad.is_none() {
+                                part.bad =
+                                    rb.iter().position(|v| !v.is_finite() && !v.is_nan()).map(|i| q0 * g + i);
+                            }
+                            let (mut ssum, mut ssq) = ([0.0f64; L], [0.0f64; L]);
+                            for srow in b.s.chunks_exact(L) {
+                                for l in 0..L {
+                                    ssum[l] += srow[l];
+                                    ssq[l] += srow[l] * srow[l];
+                                }
+                            }
+                            for l in 0..np {
+                                let q = q0 + l;
+                                ps[q - q_start] = (b.mean[l], b.inv[l]);
+                                let a = Acc {
+                                    n: 1.0,
+                                    rsum: b.sum[l],
+                                    rcnt: b.cnt[l],
+                                    ssum: ssum[l],
+                                    ssq: ssq[l],
+                                };
+                                cells[q - q_start] = part.add(q, sid[q - q_start], gid[q - q_start], ng, a);
                             }
                         }
-                        for l in 0..np {
-                            let q = q0 + l;
-                            ps[q - q_start] = (b.mean[l], b.inv[l]);
-                            let a =
-                                Acc { n: 1.0, rsum: b.sum[l], rcnt: b.cnt[l], ssum: ssum[l], ssq: ssq[l] };
-                            cells[q - q_start] = part.add(q, sid[q - q_start], gid[q - q_start], ng, a);
-                        }
+                    });
+                    part
+                };
+                if let Some((ls, lg)) = local {
+                    // the clustering looks the sources of unlabelled prompts up
+                    if !part.unl.is_empty() {
+                        sid_all.copy_from_slice(&ls);
                     }
-                });
+                    LOCAL_IDS.with(|l| l.set((ls, lg)));
+                }
                 part
             });
             drop(pieces);
