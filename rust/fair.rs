@@ -104,7 +104,7 @@ struct Scratch {
     /// [`tiles::weighted`] reads them), and which tiles hold 0/1 patterns instead.
     tscore: Vec<f32>,
     tbin: Vec<bool>,
-    tpat: Vec<u32>,
+    tpat: Vec<u16>,
     /// The 0/1 table of the last step that had one (kept while G and the scale stay).
     table: Option<BinaryTable>,
 }

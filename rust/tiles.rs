@@ -141,7 +141,7 @@ impl BinaryTable {
         let r: Vec<f32> = (0..np * g).map(|k| ((k / g) >> (k % g) & 1) as f32).collect();
         let mut sc = vec![0.0f32; scores_len(np, g)];
         let mut bin = vec![false; tiles_len(np)];
-        let mut pat = vec![0u32; tiles_len(np) * TILE];
+        let mut pat = vec![0u16; tiles_len(np) * TILE];
         let mut sums_v = vec![[0.0f64; 4]; np];
         let bad = sums(&r, g, p, None, &mut sc, &mut bin, &mut pat, &mut |q, n, ps| {
             for (l, v) in sums_v[q..q + n].iter_mut().enumerate() {
@@ -324,7 +324,7 @@ pub fn tiles_len(n: usize) -> usize {
 /// ([`scores_len`] in all): 16 values per rollout i (one per prompt of the tile), NaN where
 /// the reward is NaN, for [`weighted`] to reuse. With the `table` of `g` and `p`, a run of
 /// [`BATCH`] full tiles of 0/1 rewards is looked up instead: such a tile gets `bin` set and
-/// its prompts' patterns in `pat` (one per prompt, [`tiles_len`] x 16 in all) instead of
+/// its prompts' patterns in `pat` (16-bit, one per prompt, [`tiles_len`] x 16 in all) instead of
 /// scores in `sc`.
 ///
 /// # Panics
@@ -337,7 +337,7 @@ pub fn sums(
     table: Option<&BinaryTable>,
     sc: &mut [f32],
     bin: &mut [bool],
-    pat: &mut [u32],
+    pat: &mut [u16],
     f: &mut dyn FnMut(usize, usize, TileIn<'_>),
 ) -> Option<usize> {
     let np = r.len() / g;
@@ -364,7 +364,7 @@ pub fn sums(
 pub fn weighted(
     sc: &[f32],
     bin: &[bool],
-    pat: &[u32],
+    pat: &[u16],
     table: Option<&BinaryTable>,
     g: usize,
     w: &CellWeights<'_>,
@@ -803,7 +803,7 @@ mod imp {
         table: Option<&BinaryTable>,
         sc: &mut [f32],
         bin: &mut [bool],
-        pat: &mut [u32],
+        pat: &mut [u16],
         f: &mut dyn FnMut(usize, usize, TileIn<'_>),
     ) -> Option<usize> {
         /// The tile's sums into `ts`, its scores (NaN for a NaN reward) to `out` (G x 16).
@@ -846,7 +846,11 @@ mod imp {
             |q0, pats| {
                 let t = table.expect("runs only finds 0/1 runs with a table");
                 let (bin, f) = &mut *shared.borrow_mut();
-                pat[q0..q0 + TILE * BATCH].copy_from_slice(pats);
+                // the patterns for pass 2 as 16-bit numbers (G <= 16): half the bytes
+                for (o, v) in pat[q0..q0 + TILE * BATCH].chunks_exact_mut(TILE).zip(pats.chunks_exact(TILE)) {
+                    let v = _mm512_loadu_si512(v.as_ptr() as *const _);
+                    _mm256_storeu_si256(o.as_mut_ptr() as *mut _, _mm512_cvtepi32_epi16(v));
+                }
                 bin[q0 / TILE..q0 / TILE + BATCH].fill(true);
                 f(q0, TILE * BATCH, TileIn::Binary(pats, t));
             },
@@ -911,7 +915,7 @@ mod imp {
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn binary<const G: usize, const SAFE: bool>(
-        pats: &[u32; TILE],
+        pats: &[u16; TILE],
         t: &BinaryTable,
         m: &[__m512d; 2],
         shift: f64,
@@ -919,7 +923,7 @@ mod imp {
         out: &mut [f32],
         lane_mass: &mut [f64; TILE],
     ) {
-        let patv = _mm512_loadu_si512(pats.as_ptr() as *const _);
+        let patv = widen_pats(pats);
         let (s0, s1) = table_lookup::<G>(patv, t);
         let (shift, scale) = (_mm512_set1_pd(shift), _mm512_set1_pd(scale));
         let a0 = weigh::<true, SAFE>(s0, 0xffff, m, shift, scale);
@@ -937,10 +941,16 @@ mod imp {
         a1: __m512,
     }
 
+    /// A tile's 16-bit patterns as 32-bit lanes.
+    #[inline(always)]
+    unsafe fn widen_pats(pats: &[u16; TILE]) -> __m512i {
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(pats.as_ptr() as *const _))
+    }
+
     /// [`ByCount`] of the tile with patterns `pats` and cells `cv`: two gathers from `bw`.
     #[inline(always)]
-    unsafe fn by_count_fetch(pats: &[u32; TILE], cv: __m512i, bw: &BinaryWeights) -> ByCount {
-        let patv = _mm512_loadu_si512(pats.as_ptr() as *const _);
+    unsafe fn by_count_fetch(pats: &[u16; TILE], cv: __m512i, bw: &BinaryWeights) -> ByCount {
+        let patv = widen_pats(pats);
         let count = popcount(patv);
         // entry 16 * cell + count: (a0, a1) as one 64-bit value
         let at = _mm512_add_epi32(_mm512_slli_epi32::<4>(cv), count);
@@ -1072,7 +1082,7 @@ mod imp {
     pub(super) unsafe fn weighted_k<const G: usize>(
         sc: &[f32],
         bin: &[bool],
-        pat: &[u32],
+        pat: &[u16],
         table: Option<&BinaryTable>,
         w: &CellWeights<'_>,
         out: &mut [f32],
@@ -1112,7 +1122,7 @@ mod imp {
         let safe_all = w.mult.iter().all(|m| m.abs() <= SAFE_MULT);
         let n_cells = _mm512_set1_epi32(i32::try_from(w.mult.len()).expect("fewer than 2^31 cells"));
         let bw = w.binary.filter(|b| b.g == G && b.pairs.len() == w.mult.len() * TILE);
-        let pats = |q: usize| -> &[u32; TILE] { pat[q..q + TILE].try_into().expect("a full tile") };
+        let pats = |q: usize| -> &[u16; TILE] { pat[q..q + TILE].try_into().expect("a full tile") };
         // a full tile's cells in a register (0/1 tiles are full)
         let cells_of = |q: usize| {
             (q + TILE <= np).then(|| {
@@ -1385,7 +1395,7 @@ mod tests {
                     let mut seen = 0;
                     let mut sc = vec![f32::NAN; scores_len(np, g)];
                     let mut bin = vec![true; tiles_len(np)];
-                    let mut pat = vec![0u32; tiles_len(np) * TILE];
+                    let mut pat = vec![0u16; tiles_len(np) * TILE];
                     sums(&r, g, &p, None, &mut sc, &mut bin, &mut pat, &mut |q, n, ps| {
                         for l in 0..n {
                             let w = want_sums[q + l];
@@ -1436,7 +1446,7 @@ mod tests {
         let mut out = vec![0.0; r.len()];
         assert_eq!(scores(&r, 4, &p, None, &mut out), Some(83));
         let mut sc = vec![0.0; scores_len(37, 4)];
-        let (mut bin, mut pat) = (vec![false; tiles_len(37)], vec![0u32; tiles_len(37) * TILE]);
+        let (mut bin, mut pat) = (vec![false; tiles_len(37)], vec![0u16; tiles_len(37) * TILE]);
         assert_eq!(sums(&r, 4, &p, None, &mut sc, &mut bin, &mut pat, &mut |_, _, _| {}), Some(83));
         assert_eq!(scores(&r[4 * 32..], 4, &p, None, &mut out[4 * 32..]), Some(12));
         // +inf and -inf in one prompt (its sum is NaN)
@@ -1447,7 +1457,7 @@ mod tests {
         r[4 * 290 + 2] = f32::INFINITY;
         let t = BinaryTable::new(4, &p).unwrap();
         let (mut sc, mut bin) = (vec![0.0; scores_len(300, 4)], vec![false; tiles_len(300)]);
-        let mut pat = vec![0u32; tiles_len(300) * TILE];
+        let mut pat = vec![0u16; tiles_len(300) * TILE];
         let found = sums(&r, 4, &p, Some(&t), &mut sc, &mut bin, &mut pat, &mut |_, _, _| {});
         assert_eq!(found, Some(4 * 290 + 2));
         assert!(bin[0] && !bin[tiles_len(300) - 1]);
@@ -1465,7 +1475,7 @@ mod tests {
                 let p = ScoreParams::new(scale, bstd, eps, g);
                 let table = BinaryTable::new(g, &p).unwrap();
                 let mut sc = vec![0.0f32; scores_len(np, g)];
-                let (mut bin, mut pat) = (vec![false; tiles_len(np)], vec![0u32; tiles_len(np) * TILE]);
+                let (mut bin, mut pat) = (vec![false; tiles_len(np)], vec![0u16; tiles_len(np) * TILE]);
                 let mut want = Vec::new();
                 sums(&r, g, &p, None, &mut sc, &mut bin, &mut pat, &mut |_, n, s| {
                     want.extend((0..n).map(|l| s.get(l).map(f64::to_bits)))
@@ -1507,7 +1517,7 @@ mod tests {
                 for (t, per_count) in [(None, false), (Some(&table), false), (Some(&table), true)] {
                     let mut sc = vec![f32::NAN; scores_len(np, g)];
                     let mut bin = vec![false; tiles_len(np)];
-                    let mut pat = vec![0u32; tiles_len(np) * TILE];
+                    let mut pat = vec![0u16; tiles_len(np) * TILE];
                     let mut ps = Vec::new();
                     let bad = sums(&r, g, &p, t, &mut sc, &mut bin, &mut pat, &mut |_, n, s| {
                         ps.extend((0..n).map(|l| *s.get(l)))
