@@ -228,8 +228,40 @@ def test_out_buffers_are_written_in_place_and_checked():
         group_advantages(r, 4, out=r)  # aliases the input
 
 
+def test_weights_and_clusters_are_recycled_only_once_unreferenced():
+    # weights and clusters of >= 1 MiB come from the pool too (a fresh 8 MB array can page
+    # fault on its first write): a live result keeps its memory, a freed one gives it back
+    import gc
+
+    p, g = 200_000, 4
+    fa = FairAdvantage("robust")
+    r = binary_batch(p, g, seed=5)
+    src = np.arange(p) % 3
+    grp = np.where(np.arange(p) % 7 == 0, -1, np.arange(p) % 2)
+    o1 = fa(r, g, sources=src, groups=grp)
+    w1, c1 = o1.weights.copy(), o1.clusters.copy()
+    addr = (o1.weights.ctypes.data, o1.clusters.ctypes.data)
+    o2 = fa(binary_batch(p, g, seed=6), g, sources=src, groups=grp)
+    assert {o2.weights.ctypes.data, o2.clusters.ctypes.data}.isdisjoint(addr)
+    np.testing.assert_array_equal(o1.weights, w1)
+    np.testing.assert_array_equal(o1.clusters, c1)
+    del o1
+    gc.collect()
+    o3 = fa(r, g, sources=src, groups=grp)
+    assert (o3.weights.ctypes.data, o3.clusters.ctypes.data) == addr
+    assert type(o3.weights.base).__name__ == type(o3.clusters.base).__name__ == "RecycledBuffer"
+    assert o3.weights.dtype == np.float64 and o3.clusters.dtype == np.int64
+    assert o3.weights.flags.writeable and o3.clusters.flags.c_contiguous
+    b = FairAdvantage("robust")
+    b(r, g, sources=src, groups=grp)
+    b(binary_batch(p, g, seed=6), g, sources=src, groups=grp)
+    want = b(r, g, sources=src, groups=grp)
+    np.testing.assert_array_equal(o3.weights, want.weights)
+    np.testing.assert_array_equal(o3.clusters, want.clusters)
+
+
 def test_large_outputs_are_recycled_only_once_unreferenced():
-    # advantages of >= 16 MiB come from a pool of freed outputs: a result (or a view of
+    # advantages of >= 1 MiB come from a pool of freed outputs: a result (or a view of
     # it) that is still alive is never handed out again
     import gc
 

@@ -82,10 +82,10 @@ def group_advantages(
             buffer saves the page faults of a fresh one); it is returned.
 
     Returns:
-        Advantages with the shape and float dtype of ``rewards``. A fresh result of 16 MiB or
+        Advantages with the shape and float dtype of ``rewards``. A fresh result of 1 MiB or
         more reuses the memory of an earlier large result that is no longer referenced (a pool
-        of at most 4 such arrays per process): it is an ordinary writable array whose ``base``
-        is the pool's lease, and training loops skip the page clearing of new memory.
+        of at most 8 such arrays and 1 GiB per process): it is an ordinary writable array whose
+        ``base`` is the pool's lease, and training loops skip the page faults of new memory.
 
     Speed: float32 rewards that are all 0 or 1 with G <= 12 look their two scores per prompt
     up in a per-pattern table (runs of 128 prompts, batches of at least 2**G prompts), with the
@@ -423,9 +423,9 @@ class FairAdvantage:
             out: optional 1-D array (length P*G, the rewards' dtype) to write the advantages into.
 
         Returns:
-            :class:`FairOutput`. On an error the state is unchanged. Large fresh advantages
-            (16 MiB or more) come from the same pool of freed results as
-            :func:`group_advantages`.
+            :class:`FairOutput`. On an error the state is unchanged. Large fresh advantages,
+            weights and clusters (1 MiB or more each) come from the same pool of freed results
+            as :func:`group_advantages`.
 
         Speed: float32 rewards that are all 0 or 1 (a correctness reward) with G <= 12 take
         a table of per-pattern results for runs of 128 prompts, with the same bits as the

@@ -140,33 +140,44 @@ pub fn empty<T: numpy::Element>(py: Python<'_>, n: usize) -> Bound<'_, numpy::Py
     unsafe { numpy::PyArray1::<T>::new(py, n, false) }
 }
 
-/// Large arrays given back by [`recycled`] once nothing refers to them any more, for the
-/// next call that asks for the same dtype and length (a training loop asks for the same
-/// sizes step after step). Memory the process already has skips the kernel's page clearing,
-/// which costs as much as the rest of a large FairAdvantage step.
-static POOL: std::sync::Mutex<Vec<Py<PyAny>>> = std::sync::Mutex::new(Vec::new());
+/// Large arrays given back by [`recycled`] once nothing refers to them any more (with their
+/// size in bytes), for the next call that asks for the same dtype and length (a training loop
+/// asks for the same sizes step after step). Memory the process already has skips the kernel's
+/// page faults and page clearing, which cost as much as the rest of a large FairAdvantage
+/// step; malloc keeps freed memory of a few MB only while its heap does not shrink.
+static POOL: std::sync::Mutex<Vec<(Py<PyAny>, usize)>> = std::sync::Mutex::new(Vec::new());
 
-/// Arrays kept in [`POOL`] at most (the oldest go first).
-const POOL_ARRAYS: usize = 4;
+/// Arrays kept in [`POOL`] at most (the oldest go first): a step's advantages, weights and
+/// clusters, for two steps alive at once.
+const POOL_ARRAYS: usize = 8;
 
-/// Arrays smaller than this come from numpy directly (malloc reuses its heap for them).
-const POOL_MIN_BYTES: usize = 1 << 24;
+/// Bytes kept in [`POOL`] at most (the oldest go first).
+const POOL_BYTES: usize = 1 << 30;
+
+/// Arrays smaller than this come from numpy directly.
+const POOL_MIN_BYTES: usize = 1 << 20;
 
 /// The base object of an array handed out by [`recycled`]: owns the pooled numpy array and
 /// puts it back into the pool when the last view of it is gone.
 #[pyclass(module = "fairgrpo._core", name = "RecycledBuffer", frozen)]
 pub struct Lease {
     owner: std::sync::Mutex<Option<Py<PyAny>>>,
+    bytes: usize,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         let owner = self.owner.get_mut().map(Option::take).unwrap_or(None);
         if let (Some(o), Ok(mut pool)) = (owner, POOL.lock()) {
-            if pool.len() >= POOL_ARRAYS {
+            if self.bytes > POOL_BYTES {
+                return;
+            }
+            while pool.len() >= POOL_ARRAYS
+                || pool.iter().map(|e| e.1).sum::<usize>() + self.bytes > POOL_BYTES
+            {
                 pool.remove(0);
             }
-            pool.push(o);
+            pool.push((o, self.bytes));
         }
     }
 }
@@ -176,21 +187,22 @@ impl Drop for Lease {
 /// everything derived from it) is freed. Only for buffers written in full before use.
 pub fn recycled<T: numpy::Element>(py: Python<'_>, n: usize) -> Bound<'_, numpy::PyArray1<T>> {
     use numpy::{PyArrayMethods, PyUntypedArrayMethods};
-    if n * std::mem::size_of::<T>() < POOL_MIN_BYTES {
+    let bytes = n * std::mem::size_of::<T>();
+    if bytes < POOL_MIN_BYTES {
         return empty::<T>(py, n);
     }
     let reused = POOL.lock().ok().and_then(|mut pool| {
-        let i = pool.iter().position(|o| {
+        let i = pool.iter().position(|(o, _)| {
             o.bind(py).cast::<numpy::PyArray1<T>>().is_ok_and(|a| a.len() == n && a.is_contiguous())
         })?;
-        Some(pool.remove(i))
+        Some(pool.remove(i).0)
     });
     let owner = match reused {
         Some(o) => o.into_bound(py).cast_into::<numpy::PyArray1<T>>().expect("checked above"),
         None => empty::<T>(py, n),
     };
     let ptr = owner.data();
-    let lease = Lease { owner: std::sync::Mutex::new(Some(owner.into_any().unbind())) };
+    let lease = Lease { owner: std::sync::Mutex::new(Some(owner.into_any().unbind())), bytes };
     let Ok(lease) = Bound::new(py, lease) else {
         return empty::<T>(py, n);
     };

@@ -1,7 +1,7 @@
 //! `FairCore`: the stateful FairGRPO advantage computation. The public, documented
 //! `fairgrpo.FairAdvantage` wraps it (options by keyword, stats as a dict).
 
-use super::arrays::{contiguous, empty, labels_arg, recycled, with_out, Floats1, LabelsArg};
+use super::arrays::{contiguous, labels_arg, recycled, with_out, Floats1, LabelsArg};
 use crate::config::FairConfig;
 use crate::error::CoreError;
 use crate::fair::FairAdvantage;
@@ -78,15 +78,15 @@ impl FairCore {
         let (ls, lg, lt) =
             (as_labels(&s, "sources")?, as_labels(&g, "groups")?, as_labels(&t, "true_groups")?);
         let inner = &mut self.inner;
-        // weights and clusters as numpy arrays (huge pages), filled with the GIL released;
+        // weights and clusters as numpy arrays (recycled when large), filled with the GIL released;
         // a bad shape gives no prompts here and the step reports the error. A successful
         // step writes every entry (an error drops both), so they start uninitialised.
         let p = match rewards.len() {
             n if group_size > 0 && n % group_size == 0 => n / group_size,
             _ => 0,
         };
-        let weights = empty::<f64>(py, p);
-        let clusters = empty::<i64>(py, p);
+        let weights = recycled::<f64>(py, p);
+        let clusters = recycled::<i64>(py, p);
         let (mut w_rw, mut c_rw) = (weights.readwrite(), clusters.readwrite());
         let (w, c) = (
             w_rw.as_slice_mut().expect("a new array is contiguous"),
