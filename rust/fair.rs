@@ -93,7 +93,9 @@ pub struct FairAdvantage {
 /// and every two scratches compare equal.
 #[derive(Default)]
 struct Scratch {
-    /// Source and group id of each prompt.
+    /// Source and group id of each prompt (with the fused lookup only the sources of the
+    /// chunks that have unlabelled prompts are written: pass 1 keeps the rest in
+    /// `LOCAL_IDS`).
     sid: Vec<i32>,
     gid: Vec<i32>,
     /// Weight cell of each prompt.
@@ -339,12 +341,11 @@ impl FairAdvantage {
                 Ok(())
             };
         match fused {
-            Some((_, gr)) => {
+            // pass 1 looks the ids up into buffers of its own; these give the chunks their
+            // pieces (and take the sources of unlabelled prompts)
+            Some(_) => {
                 sid.resize(p, 0);
                 gid.resize(p, -1);
-                if gr.is_none() {
-                    gid.fill(-1);
-                }
             }
             None => map_labels(&mut smap, &mut gmap, sid, gid)?,
         }

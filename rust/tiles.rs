@@ -768,12 +768,12 @@ mod imp {
         // a shift by 32 (`at` = 0) gives 0
         let rest = _mm512_sub_epi32(_mm512_set1_epi32(32), at);
         let low = _mm512_set1_epi32(((1u32 << G) - 1) as i32);
-        // the bit string in `v`, 16 bits per reward vector (words past the G vectors are 0
-        // and are only ever shifted out or masked off)
         let mut good: __mmask16 = 0xffff;
         let x = r.as_ptr() as *const i32;
         for (b, pt) in pats.chunks_exact_mut(TILE).enumerate() {
             prefetch_next::<G>((x as *const f32).wrapping_add(b * TILE * G));
+            // the bit string in `v`, 16 bits per reward vector (words past the G vectors are
+            // 0 and are only ever shifted out or masked off)
             let mut v = _mm512_setzero_si512();
             let mut half: u32 = 0;
             for i in 0..G {

@@ -324,6 +324,26 @@ def test_faithful_falls_back_to_the_score_for_a_group_that_never_succeeds():
     assert np.isfinite(robust.advantages).all()
 
 
+def test_fair_advantage_with_integer_sources_and_no_groups():
+    """Integer sources and no groups over several chunks: after the first step the labels are
+    looked up inside pass 1 (every prompt unlabelled, so the sources go to the clustering);
+    the reference's results, and the same bits for 1 and 2 threads."""
+    rng = np.random.default_rng(5)
+    want = ref.RefFair("robust")
+    outs = {t: fairgrpo.FairAdvantage("robust", n_threads=t) for t in (1, 2)}
+    for step in range(3):
+        p, g = 2048 * 2 + 300 + step, 8
+        r = (rng.random(p * g) < rng.uniform(0.2, 0.8)).astype(np.float32)
+        sources = rng.integers(0, 3, p)
+        got = {t: fa(r, g, sources=sources) for t, fa in outs.items()}
+        adv, w, cl = want(r, g, [int(s) for s in sources], [None] * p)
+        assert_same(got[1].advantages, adv)
+        np.testing.assert_allclose(got[1].weights, w, rtol=1e-12)
+        np.testing.assert_array_equal(got[1].clusters, cl)
+        np.testing.assert_array_equal(got[2].advantages, got[1].advantages)
+        np.testing.assert_array_equal(got[2].clusters, got[1].clusters)
+
+
 @pytest.mark.parametrize("g", [4, 8, 10, 12])
 @pytest.mark.parametrize("scale", ["group", "batch"])
 def test_fair_advantage_on_large_binary_batches(g, scale):
