@@ -435,6 +435,12 @@ fn finish_assign<T: Real>(
             *a += b;
         }
     }
+    finish_counts(a, counts, lane_inertia, changed);
+}
+
+/// The rest of [`finish_assign`]: the counts, the inertia's lanes in lane order, the changes.
+#[inline(always)]
+fn finish_counts<T>(a: &mut Assign<'_, T>, counts: &[u64], lane_inertia: &[f64; LANES], changed: u64) {
     for (a, b) in a.counts.iter_mut().zip(counts) {
         *a += b;
     }
@@ -590,7 +596,7 @@ fn potential_rows<T: Real>(p: &mut Potential<'_, T>) {
 /// The AVX-512 intrinsics are stable since Rust 1.89 (the crate's `rust-version`).
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
-    use super::{finish_assign, Assign, Fold, Potential, LANES};
+    use super::{finish_counts, Assign, Fold, Potential, LANES};
     use std::arch::x86_64::*;
 
     /// Tiles ahead of the one being read whose rows the full passes prefetch into L2: with
@@ -840,55 +846,74 @@ pub(crate) mod avx512 {
         inertia
     }
 
-    /// Tiles whose nearest centres are computed together ([`nearest`]).
-    const PAR: usize = 2;
+    /// Centres whose distances [`nearest`] computes together.
+    const NG: usize = 4;
 
     /// Nearest centre (strict `<` from `f32::MAX`, lowest index on ties) and its distance
-    /// for the lanes of [`PAR`] tiles; the tiles' operations are interleaved so that their
-    /// dependency chains overlap (each lane's arithmetic is that of [`dist`]).
+    /// for the lanes of one tile. The centres go in groups of up to [`NG`] whose distances
+    /// are computed feature by feature, interleaved ([`nearest_group`]), so that their
+    /// dependency chains overlap; the groups update the best in centre order, as one
+    /// centre after another would.
     ///
     /// # Safety
     /// AVX-512F must be available and `c` valid for `k * D` reads.
     #[inline(always)]
-    unsafe fn nearest<const D: usize>(
-        xs: [&[__m512; D]; PAR],
-        c: *const f32,
-        k: usize,
-    ) -> ([__m512; PAR], [__m512i; PAR]) {
-        let mut best = [_mm512_set1_ps(f32::MAX); PAR];
-        let mut arg = [_mm512_setzero_si512(); PAR];
-        for j in 0..k {
-            let cj = c.add(j * D);
-            let c0 = _mm512_set1_ps(*cj);
-            let mut s = [_mm512_setzero_ps(); PAR];
-            for (sh, x) in s.iter_mut().zip(xs) {
-                let e = _mm512_sub_ps(x[0], c0);
-                *sh = _mm512_mul_ps(e, e);
+    unsafe fn nearest<const D: usize>(xt: &[__m512; D], c: *const f32, k: usize) -> (__m512, __m512i) {
+        let mut best = _mm512_set1_ps(f32::MAX);
+        let mut arg = _mm512_setzero_si512();
+        let mut j0 = 0;
+        while j0 < k {
+            match k - j0 {
+                1 => nearest_group::<D, 1>(xt, c, j0, &mut best, &mut arg),
+                2 => nearest_group::<D, 2>(xt, c, j0, &mut best, &mut arg),
+                3 => nearest_group::<D, 3>(xt, c, j0, &mut best, &mut arg),
+                _ => nearest_group::<D, NG>(xt, c, j0, &mut best, &mut arg),
             }
-            for t in 1..D {
-                let ct = _mm512_set1_ps(*cj.add(t));
-                for (sh, x) in s.iter_mut().zip(xs) {
-                    let e = _mm512_sub_ps(x[t], ct);
-                    *sh = _mm512_add_ps(*sh, _mm512_mul_ps(e, e));
-                }
-            }
-            let jv = _mm512_set1_epi32(j as i32);
-            for h in 0..PAR {
-                let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s[h], best[h]);
-                best[h] = _mm512_mask_mov_ps(best[h], lt, s[h]);
-                arg[h] = _mm512_mask_mov_epi32(arg[h], lt, jv);
-            }
+            j0 += NG;
         }
         (best, arg)
+    }
+
+    /// Centres `j0 .. j0 + G` of [`nearest`]: each lane's distance to each centre is
+    /// exactly [`dist`]'s sum, the `G` sums advanced one feature at a time together.
+    ///
+    /// # Safety
+    /// AVX-512F must be available and `c` valid for `(j0 + G) * D` reads.
+    #[inline(always)]
+    unsafe fn nearest_group<const D: usize, const G: usize>(
+        xt: &[__m512; D],
+        c: *const f32,
+        j0: usize,
+        best: &mut __m512,
+        arg: &mut __m512i,
+    ) {
+        let mut s = [_mm512_setzero_ps(); G];
+        for (t, x) in xt.iter().enumerate() {
+            for (g, sg) in s.iter_mut().enumerate() {
+                let e = _mm512_sub_ps(*x, _mm512_set1_ps(*c.add((j0 + g) * D + t)));
+                let m = _mm512_mul_ps(e, e);
+                *sg = if t == 0 { m } else { _mm512_add_ps(*sg, m) };
+            }
+        }
+        for (g, sg) in s.iter().enumerate() {
+            let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(*sg, *best);
+            *best = _mm512_mask_mov_ps(*best, lt, *sg);
+            *arg = _mm512_mask_mov_epi32(*arg, lt, _mm512_set1_epi32((j0 + g) as i32));
+        }
     }
 
     /// Centres whose block partials are held in registers at once.
     const CG: usize = 4;
 
+    /// Features whose block partials [`accumulate_block`] advances together.
+    const FG: usize = 4;
+
     /// The accumulation of one block of `nb` tiles for centres `jg .. jg + G`: per feature,
     /// the f32 partial of every lane starts at 0 in a register and takes, tile after tile,
     /// the lanes labelled with its centre (`masks[b * k + j]`); at the end it is widened and
-    /// added to the lane's f64 sum `sums[(j * D + t) * LANES + l]`.
+    /// added to the lane's f64 sum `sums[(j * D + t) * LANES + l]`. Up to [`FG`] features go
+    /// through the tiles together: their `FG * G` partials are independent dependency
+    /// chains (one feature at a time waited on the add latency: 8 % slower per pass).
     ///
     /// # Safety
     /// AVX-512F/DQ must be available; `sums` holds `k * D * LANES` values, `masks` `nb * k`.
@@ -901,21 +926,27 @@ pub(crate) mod avx512 {
         jg: usize,
         sums: &mut [f64],
     ) {
-        for t in 0..D {
-            let mut acc = [_mm512_setzero_ps(); G];
+        for t0 in (0..D).step_by(FG) {
+            let nf = FG.min(D - t0);
+            let mut acc = [[_mm512_setzero_ps(); G]; FG];
             for (b, tile) in tiles.iter().enumerate().take(nb) {
-                let v = tile[t];
                 let m = &masks[b * k + jg..b * k + jg + G];
-                for jj in 0..G {
-                    acc[jj] = _mm512_mask_add_ps(acc[jj], m[jj], acc[jj], v);
+                for (q, accq) in acc.iter_mut().enumerate().take(nf) {
+                    let v = tile[t0 + q];
+                    for (a, mk) in accq.iter_mut().zip(m) {
+                        *a = _mm512_mask_add_ps(*a, *mk, *a, v);
+                    }
                 }
             }
-            for (jj, a) in acc.iter().enumerate() {
-                let p = sums[((jg + jj) * D + t) * LANES..((jg + jj) * D + t + 1) * LANES].as_mut_ptr();
-                let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(*a));
-                let hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(*a));
-                _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), lo));
-                _mm512_storeu_pd(p.add(8), _mm512_add_pd(_mm512_loadu_pd(p.add(8)), hi));
+            for (q, accq) in acc.iter().enumerate().take(nf) {
+                let t = t0 + q;
+                for (jj, a) in accq.iter().enumerate() {
+                    let p = sums[((jg + jj) * D + t) * LANES..((jg + jj) * D + t + 1) * LANES].as_mut_ptr();
+                    let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(*a));
+                    let hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(*a));
+                    _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), lo));
+                    _mm512_storeu_pd(p.add(8), _mm512_add_pd(_mm512_loadu_pd(p.add(8)), hi));
+                }
             }
         }
     }
@@ -937,10 +968,27 @@ pub(crate) mod avx512 {
         let n = a.labels.len();
         let k = a.centres.len() / D;
         let accumulate = !a.sums.is_empty();
-        // per-lane f64 sums, feature-major: sums[(j * D + t) * LANES + l]
-        let mut sums = vec![0.0f64; if accumulate { k * D * LANES } else { 0 }];
-        let mut counts = vec![0u64; k];
-        let mut masks = vec![0 as __mmask16; TPB * k];
+        // per-lane f64 sums, feature-major: sums[(j * D + t) * LANES + l]; on the stack for
+        // up to 8 centres (a chunk is a few hundred tiles: allocating per chunk showed)
+        const K_STACK: usize = 8;
+        let (mut sums_s, mut counts_s, mut masks_s);
+        let (mut sums_h, mut counts_h, mut masks_h);
+        let n_sums = if accumulate { k * D * LANES } else { 0 };
+        let (sums, counts, masks): (&mut [f64], &mut [u64], &mut [__mmask16]) = if k <= K_STACK {
+            sums_s = [[[0.0f64; LANES]; D]; K_STACK];
+            counts_s = [0u64; K_STACK];
+            masks_s = [0 as __mmask16; K_STACK * TPB];
+            (
+                &mut sums_s.as_flattened_mut().as_flattened_mut()[..n_sums],
+                &mut counts_s[..k],
+                &mut masks_s[..TPB * k],
+            )
+        } else {
+            sums_h = vec![0.0f64; n_sums];
+            counts_h = vec![0u64; k];
+            masks_h = vec![0 as __mmask16; TPB * k];
+            (&mut sums_h[..], &mut counts_h[..], &mut masks_h[..])
+        };
         let mut inert = [_mm512_setzero_pd(); 2];
         let mut changed = 0u64;
         let mut non_finite: __mmask16 = 0;
@@ -974,40 +1022,32 @@ pub(crate) mod avx512 {
                     }
                 }
             }
-            // nearest centres PAR tiles at a time (independent dependency chains; a short
-            // last group repeats its last tile and ignores the copies)
-            let mut b = 0;
-            while b < nb {
-                let cnt = PAR.min(nb - b);
-                let xs: [&[__m512; D]; PAR] = std::array::from_fn(|h| &tiles[b + h.min(cnt - 1)]);
-                let (best, arg) = nearest::<D>(xs, cp, k);
-                for h in 0..cnt {
-                    let ti = t0 + b + h;
-                    let m = LANES.min(n - ti * LANES);
-                    let valid: __mmask16 = if m == LANES { 0xFFFF } else { ((1u32 << m) - 1) as __mmask16 };
-                    let (best, arg) = (best[h], arg[h]);
-                    let lab = a.labels[ti * LANES..ti * LANES + m].as_mut_ptr() as *mut i32;
-                    let best = if m == LANES {
-                        let old = _mm512_loadu_si512(lab as *const _);
-                        changed += _mm512_cmpneq_epi32_mask(old, arg).count_ones() as u64;
-                        _mm512_storeu_si512(lab as *mut _, arg);
-                        best
-                    } else {
-                        let old = _mm512_maskz_loadu_epi32(valid, lab);
-                        changed += _mm512_mask_cmpneq_epi32_mask(valid, old, arg).count_ones() as u64;
-                        _mm512_mask_storeu_epi32(lab, valid, arg);
-                        // padded lanes add +0.0, which leaves a (never negative-zero) sum unchanged
-                        _mm512_maskz_mov_ps(valid, best)
-                    };
-                    inert[0] = _mm512_add_pd(inert[0], _mm512_cvtps_pd(_mm512_castps512_ps256(best)));
-                    inert[1] = _mm512_add_pd(inert[1], _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(best)));
-                    let bm = &mut masks[(b + h) * k..(b + h + 1) * k];
-                    for (j, (mk, c)) in bm.iter_mut().zip(counts.iter_mut()).enumerate() {
-                        *mk = _mm512_mask_cmpeq_epi32_mask(valid, arg, _mm512_set1_epi32(j as i32));
-                        *c += mk.count_ones() as u64;
-                    }
+            // nearest centres, labels, changes, inertia, lane masks and counts, tile by tile
+            for (b, xt) in tiles.iter().enumerate().take(nb) {
+                let (best, arg) = nearest::<D>(xt, cp, k);
+                let ti = t0 + b;
+                let m = LANES.min(n - ti * LANES);
+                let valid: __mmask16 = if m == LANES { 0xFFFF } else { ((1u32 << m) - 1) as __mmask16 };
+                let lab = a.labels[ti * LANES..ti * LANES + m].as_mut_ptr() as *mut i32;
+                let best = if m == LANES {
+                    let old = _mm512_loadu_si512(lab as *const _);
+                    changed += _mm512_cmpneq_epi32_mask(old, arg).count_ones() as u64;
+                    _mm512_storeu_si512(lab as *mut _, arg);
+                    best
+                } else {
+                    let old = _mm512_maskz_loadu_epi32(valid, lab);
+                    changed += _mm512_mask_cmpneq_epi32_mask(valid, old, arg).count_ones() as u64;
+                    _mm512_mask_storeu_epi32(lab, valid, arg);
+                    // padded lanes add +0.0, which leaves a (never negative-zero) sum unchanged
+                    _mm512_maskz_mov_ps(valid, best)
+                };
+                inert[0] = _mm512_add_pd(inert[0], _mm512_cvtps_pd(_mm512_castps512_ps256(best)));
+                inert[1] = _mm512_add_pd(inert[1], _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(best)));
+                let bm = &mut masks[b * k..(b + 1) * k];
+                for (j, (mk, c)) in bm.iter_mut().zip(counts.iter_mut()).enumerate() {
+                    *mk = _mm512_mask_cmpeq_epi32_mask(valid, arg, _mm512_set1_epi32(j as i32));
+                    *c += mk.count_ones() as u64;
                 }
-                b += cnt;
             }
             if accumulate {
                 for jg in (0..k).step_by(CG) {
@@ -1024,19 +1064,19 @@ pub(crate) mod avx512 {
         let mut lane_inertia = [0.0f64; LANES];
         _mm512_storeu_pd(lane_inertia.as_mut_ptr(), inert[0]);
         _mm512_storeu_pd(lane_inertia.as_mut_ptr().add(8), inert[1]);
-        // into the generic kernel's lane-major layout [lane][centre][D], combined as it does
-        let mut lane_sums = vec![0.0f64; if accumulate { LANES * k * D } else { 0 }];
         if accumulate {
-            for l in 0..LANES {
-                for j in 0..k {
-                    for t in 0..D {
-                        lane_sums[(l * k + j) * D + t] = sums[(j * D + t) * LANES + l];
-                    }
+            // each centre's feature over the lanes in lane order from 0.0, as `finish_assign`
+            // combines the generic kernel's lane-major sums
+            for (out, lanes) in a.sums.iter_mut().zip(sums.chunks_exact(LANES)) {
+                let mut tot = 0.0;
+                for v in lanes {
+                    tot += v;
                 }
+                *out += tot;
             }
         }
         a.non_finite |= non_finite != 0;
-        finish_assign(a, &lane_sums, D, &counts, &lane_inertia, changed);
+        finish_counts(a, counts, &lane_inertia, changed);
     }
 
     /// [`super::potential_tiled`] for f32.
