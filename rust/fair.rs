@@ -25,6 +25,22 @@ use crate::select_k::SelectKParams;
 use crate::tiles::{self, BinaryTable, BinaryWeights, CellWeights, ScoreParams, TileIn, TILE};
 use serde::{Deserialize, Serialize};
 
+/// Asks for the tile of labels at `v[i..]` (16 values, two cache lines) into L2.
+#[inline(always)]
+fn prefetch_labels(v: &[i64], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let p = v.as_ptr().wrapping_add(i) as *const i8;
+        // SAFETY: a prefetch never faults, whatever the address
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T1>(p);
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64));
+        }
+    }
+    let _ = (v, i);
+}
+
 /// Prompts per chunk of the two passes.
 const PROMPTS_PER_CHUNK: usize = 2048;
 
@@ -448,6 +464,12 @@ impl FairAdvantage {
                         let unl = &mut part.unl;
                         let rq = &r[q_start * g..q_end * g];
                         part.bad = tiles::sums(rq, g, &sp, table, tst, tbn, tpt, &mut |q0, n, ps| {
+                            if let Some((sv, gv)) = fused {
+                                prefetch_labels(sv, q_end + q0);
+                                if let Some(gv) = gv {
+                                    prefetch_labels(gv, q_end + q0);
+                                }
+                            }
                             let ids = (&sid[q0..q0 + n], &gid[q0..q0 + n]);
                             let binary = matches!(ps, TileIn::Binary(..));
                             if binary_so_far && !binary {
