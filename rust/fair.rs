@@ -25,20 +25,19 @@ use crate::select_k::SelectKParams;
 use crate::tiles::{self, BinaryTable, BinaryWeights, CellWeights, ScoreParams, TileIn, TILE};
 use serde::{Deserialize, Serialize};
 
-/// Asks for the tile of labels at `v[i..]` (16 values, two cache lines) into L2.
+/// Asks for the labels `v[i..i + n]` into L2 (a prefetch never faults, whatever the address).
 #[inline(always)]
-fn prefetch_labels(v: &[i64], i: usize) {
+fn prefetch_labels(v: &[i64], i: usize, n: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
         let p = v.as_ptr().wrapping_add(i) as *const i8;
-        // SAFETY: a prefetch never faults, whatever the address
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T1>(p);
-            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64));
+        for o in (0..n * 8).step_by(64) {
+            // SAFETY: a prefetch never faults
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(o)) };
         }
     }
-    let _ = (v, i);
+    let _ = (v, i, n);
 }
 
 /// Prompts per chunk of the two passes.
@@ -465,9 +464,9 @@ impl FairAdvantage {
                         let rq = &r[q_start * g..q_end * g];
                         part.bad = tiles::sums(rq, g, &sp, table, tst, tbn, tpt, &mut |q0, n, ps| {
                             if let Some((sv, gv)) = fused {
-                                prefetch_labels(sv, q_end + q0);
+                                prefetch_labels(sv, q_end + q0, n);
                                 if let Some(gv) = gv {
-                                    prefetch_labels(gv, q_end + q0);
+                                    prefetch_labels(gv, q_end + q0, n);
                                 }
                             }
                             let ids = (&sid[q0..q0 + n], &gid[q0..q0 + n]);
