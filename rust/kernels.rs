@@ -1046,6 +1046,11 @@ pub(crate) mod avx512 {
                     x.as_ptr().wrapping_add((ti + AHEAD_TILES) * LANES * D),
                     LANES * D * 4,
                 );
+                // and the labels' line, for writing (perf: the labels' load was the kernel's
+                // hottest stall; one pass from DRAM, 1 thread, 2.83 -> 2.71 ms)
+                _mm_prefetch::<_MM_HINT_ET0>(
+                    a.labels.as_ptr().wrapping_add((ti + AHEAD_TILES) * LANES) as *const i8
+                );
                 let (best, arg) = nearest::<D>(xt, cp, k);
                 let m = LANES.min(n - ti * LANES);
                 let valid: __mmask16 = if m == LANES { 0xFFFF } else { ((1u32 << m) - 1) as __mmask16 };
