@@ -853,7 +853,7 @@ pub(crate) mod avx512 {
     /// tile's 16 lanes to centre `j` (exactly [`dist`]'s sums). The distances are computed
     /// for groups of up to [`NG`] centres at a time, feature by feature, interleaved
     /// ([`distances`]), so that their dependency chains overlap: one centre after the
-    /// other waited on the add latency (the Lloyd pass: 10 % slower).
+    /// other waited on the add latency (in the Lloyd pass ~7 % slower per tile).
     ///
     /// # Safety
     /// AVX-512F must be available and `c` valid for `k * D` reads.
