@@ -25,18 +25,16 @@ use crate::select_k::SelectKParams;
 use crate::tiles::{self, BinaryTable, BinaryWeights, CellWeights, ScoreParams, TileIn, TILE};
 use serde::{Deserialize, Serialize};
 
-/// Asks for the labels `v[i..i + n]` into L2 (a prefetch never faults, whatever the address).
+/// Asks for the labels `v[i..i + n]` (n >= 1) into L2; the range may lie past `v`.
 #[inline(always)]
 fn prefetch_labels(v: &[i64], i: usize, n: usize) {
+    // SAFETY: a prefetch never faults, whatever the address
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let p = v.as_ptr().wrapping_add(i) as *const i8;
-        for o in (0..n * 8).step_by(64) {
-            // SAFETY: a prefetch never faults
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(o)) };
-        }
+    unsafe {
+        use std::arch::x86_64::_MM_HINT_T1;
+        crate::kernels::avx512::prefetch::<_MM_HINT_T1>(v.as_ptr().wrapping_add(i), n * 8);
     }
+    #[cfg(not(target_arch = "x86_64"))]
     let _ = (v, i, n);
 }
 

@@ -608,7 +608,7 @@ pub(crate) mod avx512 {
     /// Prefetches the lines of the `bytes` bytes at `p` with the locality hint `HINT`; a
     /// prefetch never faults, so `p` may lie past the data.
     #[inline(always)]
-    pub(crate) unsafe fn prefetch<const HINT: i32>(p: *const f32, bytes: usize) {
+    pub(crate) unsafe fn prefetch<const HINT: i32>(p: *const impl Sized, bytes: usize) {
         let p = p as *const i8;
         let mut o = 0;
         while o < bytes {
