@@ -244,7 +244,14 @@ def test_checkpoint_saves_and_resume_restores_fairness_state(train_records, tmp_
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_two_cpu_processes_see_identical_weights(tmp_path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # TMPDIR: torch.distributed.run's per-launch folders land in pytest's tmp_path, not /tmp
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TMPDIR": str(tmp_path),
+    }
     cmd = [
         sys.executable,
         "-m",

@@ -15,9 +15,11 @@ Thread counts come from the environment compare.py sets (RAYON_NUM_THREADS, OMP_
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -420,6 +422,7 @@ def setup_trainer(spec: dict[str, Any]) -> Runner:
         r["group"] = None
     classes = list(prepared.train[0]["classes"])
     out_dir = tempfile.mkdtemp(prefix="fairgrpo-bench-trainer-")
+    atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
 
     # FairGRPO's own code per step: the time inside FairGRPOTrainer's two overrides minus the
     # time inside the TRL methods they call (``added``), measured directly so that it does not
