@@ -718,14 +718,18 @@ def case_trainer(rep: Report, cfg: argparse.Namespace, tmp: Path) -> None:
         rep.checks.append(("trainer: FairGRPO step <= +2 % over GRPO", None, "TODO: trainer not importable"))
         return
     skip = 3
+    builtin = cfg.trainer_model == "builtin"
     spec = {
         "case": "trainer",
         "steps": cfg.trainer_steps,
         "skip": skip,
-        "batch": 128,
+        "batch": cfg.trainer_batch,
         "group_size": 8,
-        "torch_threads": 1,
-    }  # the project runs its ~140k-parameter built-in policy on one thread
+        "model": cfg.trainer_model,
+        "completion": cfg.trainer_completion,
+        # the project runs its ~140k-parameter built-in policy on one thread
+        "torch_threads": 1 if builtin else 2,
+    }
     try:
         # the same environment for all three (quirk variables unset): only the method differs
         workers = [
@@ -743,7 +747,10 @@ def case_trainer(rep: Report, cfg: argparse.Namespace, tmp: Path) -> None:
     t = {w.name.split()[1]: med(res[w.name]) for w in workers}
     strat = med(res["trainer fairgrpo"], "strategy")
     added = med(res["trainer fairgrpo"], "added")
-    size = f"{spec['batch'] // spec['group_size']} prompts x G={spec['group_size']}, built-in policy"
+    device = res["trainer fairgrpo"][0].get("device", "cpu")
+    size = f"{spec['batch'] // spec['group_size']} prompts x G={spec['group_size']}, " + (
+        "built-in policy" if builtin else f"{cfg.trainer_model}, {spec['completion']} tokens, {device}"
+    )
 
     def spread(base: str) -> str:
         """Whole-step ratio FairGRPO / base of each round (the rounds are interleaved)."""
@@ -823,6 +830,23 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default="", help="comma list of cases: lloyd,kpp,advantages,implicit,identity,trainer"
     )
     ap.add_argument(
+        "--trainer-model",
+        default="builtin",
+        help="the trainer case's policy: builtin (CPU), random-qwen2-0.5b (Qwen2.5-0.5B's shape, random "
+        "weights, no download) or a model path / hub id; any but builtin trains on the GPU if there is one",
+    )
+    ap.add_argument("--trainer-batch", type=int, default=128, help="trainer case: completions per step")
+    ap.add_argument(
+        "--trainer-completion", type=int, default=1, help="trainer case: tokens generated per rollout"
+    )
+    ap.add_argument(
+        "--trainer-steps",
+        dest="trainer_steps_arg",
+        type=int,
+        default=None,
+        help="trainer case: steps per run (default 30; quick 6)",
+    )
+    ap.add_argument(
         "--plot",
         default=None,
         help="PNG of the implicit-group curve (default benches/results/implicit_step.png; "
@@ -856,6 +880,7 @@ def main(argv: list[str] | None = None) -> int:
             ("trl", "grpo", "fairgrpo"),
         )
         bw_bytes, bw_rounds = 400_000_000, 7
+    cfg.trainer_steps = cfg.trainer_steps_arg or cfg.trainer_steps
     cfg.lloyd_sizes = [c[:3] for c in cfg.lloyd_cases]
     only = set(filter(None, cfg.only.split(",")))
     want = lambda c: not only or c in only  # noqa: E731

@@ -393,6 +393,32 @@ def setup_identity(spec: dict[str, Any]) -> Runner:
 # ------------------------------------------------------------------------------------ trainer
 
 
+def _random_qwen2_05b(tok: Any) -> tuple[Any, Any]:
+    """A randomly initialised Qwen2 of Qwen2.5-0.5B's layer shape (24 layers, hidden 896, GQA 14/2
+    heads, MLP 4864) over ``tok``'s vocabulary: ~0.36B parameters without the 151k-token embedding."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model, tok
+
+
 def setup_trainer(spec: dict[str, Any]) -> Runner:
     """One training run of ``steps`` steps per call: the built-in policy on the bundled heart data.
 
@@ -400,6 +426,12 @@ def setup_trainer(spec: dict[str, Any]) -> Runner:
     with that method). Same model initialisation, data, seed and batch for all; a third of the
     prompts have their group hidden, so FairGRPO also clusters. Returns the median step time
     (after ``skip`` warm-up steps) and, for FairGRPO, the time spent in the advantage strategy.
+
+    ``model``: ``builtin`` (default: the tiny built-in policy, CPU, fp32), ``random-qwen2-0.5b``
+    (a randomly initialised Qwen2 of Qwen2.5-0.5B's shape with the built-in word tokenizer: a
+    realistic size with no download) or a model path / hub id. Any model but the built-in one
+    trains on the GPU when there is one (bf16 mixed precision). ``completion``: tokens generated
+    per rollout (default 1, the built-in recipe's one-token answer).
     """
     import tempfile
 
@@ -409,7 +441,7 @@ def setup_trainer(spec: dict[str, Any]) -> Runner:
 
     from fairgrpo.config import FairGRPOConfig
     from fairgrpo.data import to_dataset
-    from fairgrpo.models import load_policy
+    from fairgrpo.models import build_tokenizer, load_policy
     from fairgrpo.rewards import accuracy_reward
     from fairgrpo.train import DataArgs, prepare_data
     from fairgrpo.trainer import FairGRPOTrainer
@@ -458,16 +490,28 @@ def setup_trainer(spec: dict[str, Any]) -> Runner:
             self.times.append(time.perf_counter() - self.t0)
             self.added.append(clock["outer"] - clock["inner"])
 
+    model_name = spec.get("model", "builtin")
+    on_gpu = model_name != "builtin" and torch.cuda.is_available()
+    device = torch.cuda.get_device_name() if on_gpu else "cpu"
+
+    def policy() -> tuple[Any, Any]:
+        texts = [r["prompt"] for r in records]
+        if model_name == "builtin":
+            return load_policy(None, texts=texts, extra_words=classes, seed=0)
+        if model_name == "random-qwen2-0.5b":
+            return _random_qwen2_05b(build_tokenizer(texts, classes))
+        return load_policy(model_name)
+
     def build() -> tuple[Any, StepTimer, list[float]]:
-        model, tok = load_policy(None, texts=[r["prompt"] for r in records], extra_words=classes, seed=0)
+        model, tok = policy()
         opts = dict(
             output_dir=out_dir,
-            use_cpu=True,
-            bf16=False,
-            learning_rate=1e-3,
+            use_cpu=not on_gpu,
+            bf16=on_gpu,
+            learning_rate=1e-3 if model_name == "builtin" else 1e-6,
             per_device_train_batch_size=int(spec["batch"]),
             num_generations=int(spec["group_size"]),
-            max_completion_length=1,
+            max_completion_length=int(spec.get("completion", 1)),
             max_steps=steps,
             logging_steps=10**6,
             report_to="none",
@@ -508,8 +552,15 @@ def setup_trainer(spec: dict[str, Any]) -> Runner:
         ts = timer.times[skip:]
         st = float(np.median(strat_t[skip:])) if strat_t[skip:] else 0.0
         added = float(np.median(timer.added[skip:])) if impl != "trl" else 0.0
+        if on_gpu:
+            torch.cuda.empty_cache()
         return _done(
-            t=float(np.median(ts)), mean=float(np.mean(ts)), strategy=st, added=added, steps=len(timer.times)
+            t=float(np.median(ts)),
+            mean=float(np.mean(ts)),
+            strategy=st,
+            added=added,
+            steps=len(timer.times),
+            device=device,
         )
 
     return run, lambda: {}
