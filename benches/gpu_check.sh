@@ -5,7 +5,7 @@
 #
 # Needs torch with CUDA and fairgrpo[train] importable. On a machine with no network, put the
 # missing wheels (this project's, trl, datasets, ...) in .whl/ first: they are installed into
-# /tmp/fairgrpo-site and put on PYTHONPATH. The policy is a randomly initialised Qwen2 of
+# python3's environment (a disposable machine's). The policy is a randomly initialised Qwen2 of
 # Qwen2.5-0.5B's shape (no download): speed depends on the shape, not on the weights.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +15,9 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 PY=python3
 
 if compgen -G ".whl/*.whl" >/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/fairgrpo-site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/fairgrpo-site
+    # into the interpreter's own site-packages, not a --target folder on PYTHONPATH: dill (under
+    # datasets' fingerprinting) pickles modules outside site-packages by value, and fails on pyarrow
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade .whl/*.whl || exit 1
 fi
 
 {
