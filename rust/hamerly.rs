@@ -325,7 +325,36 @@ impl<T: Real> Near<'_, T> {
                 return unsafe { avx512::run_f32(&near, x32, gt, label, margin, moved) };
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if isa != Isa::Portable {
+            // SAFETY: the AVX2 and AVX-512 paths come from Isa::detect, which checked FMA
+            return unsafe { self.rows_fma(xs, gt, label, margin, moved) };
+        }
         let _ = isa;
+        self.rows(xs, gt, label, margin, moved)
+    }
+
+    /// [`Near::rows`] compiled with FMA, so that `dist2`'s fused multiply-adds are single
+    /// instructions rather than calls into the maths library.
+    ///
+    /// # Safety
+    /// The CPU must support FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "fma")]
+    unsafe fn rows_fma(
+        &self,
+        xs: &[T],
+        gt: f32,
+        label: &mut [u32],
+        margin: &mut [f32],
+        moved: &mut Moved,
+    ) -> u64 {
+        self.rows(xs, gt, label, margin, moved)
+    }
+
+    /// [`Near::run`] row by row (the scalar definition).
+    #[inline(always)]
+    fn rows(&self, xs: &[T], gt: f32, label: &mut [u32], margin: &mut [f32], moved: &mut Moved) -> u64 {
         let d = self.d;
         let one = self.centres.len() == d;
         let mut measured = 0;
@@ -380,7 +409,7 @@ mod avx512 {
     ///
     /// # Safety
     /// AVX-512F must be available; `sums` holds `k * d` zeros and every label is `< k`.
-    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,avx")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,fma")]
     pub(super) unsafe fn add_moved_f32(
         xs: &[f32],
         d: usize,
@@ -471,7 +500,7 @@ mod avx512 {
     ///
     /// # Safety
     /// AVX-512F/VL/BW/DQ must be available.
-    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,popcnt,bmi1")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,fma,popcnt,bmi1")]
     pub(super) unsafe fn run_f32(
         n: &Near<'_, f32>,
         xs: &[f32],

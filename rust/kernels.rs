@@ -37,10 +37,10 @@ pub const BLOCK_ROWS: usize = 256;
 pub enum Isa {
     /// The build's baseline target features (SSE2 on x86-64).
     Portable,
-    /// x86-64 with AVX2.
+    /// x86-64 with AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// x86-64 with AVX-512 (F, VL, BW, DQ).
+    /// x86-64 with AVX-512 (F, VL, BW, DQ) and FMA.
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
@@ -54,10 +54,11 @@ impl Isa {
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("fma")
             {
                 return Isa::Avx512;
             }
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 return Isa::Avx2;
             }
         }
@@ -69,7 +70,7 @@ impl Isa {
         let mut v = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 v.push(Isa::Avx2);
             }
             if Isa::detect() == Isa::Avx512 {
@@ -187,25 +188,25 @@ pub fn labelled_inertia_chunk<T: Real>(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,popcnt")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,fma,popcnt")]
 unsafe fn assign_avx512<T: Real>(a: &mut Assign<'_, T>) {
     assign_any::<T, true>(a)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx,popcnt")]
+#[target_feature(enable = "avx2,avx,fma,popcnt")]
 unsafe fn assign_avx2<T: Real>(a: &mut Assign<'_, T>) {
     assign_any::<T, false>(a)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,popcnt")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,fma,popcnt")]
 unsafe fn potential_avx512<T: Real>(p: &mut Potential<'_, T>) {
     potential_any::<T, true>(p)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx,popcnt")]
+#[target_feature(enable = "avx2,avx,fma,popcnt")]
 unsafe fn potential_avx2<T: Real>(p: &mut Potential<'_, T>) {
     potential_any::<T, false>(p)
 }
@@ -247,13 +248,20 @@ fn potential_any<T: Real, const X512: bool>(p: &mut Potential<'_, T>) {
     by_dim!(p.d, potential_tiled, potential_rows, p)
 }
 
-/// Squared distance of one row to one centre (the scalar definition).
+/// Squared distance of one row to one centre (the scalar definition): `e = x - c` per
+/// feature, `s = e0 * e0`, then `s = fma(e, e, s)` in feature order (one rounding per
+/// feature; every path computes exactly this, with the CPU's fused multiply-add).
 #[inline(always)]
 pub fn dist2<T: Real>(x: &[T], c: &[T]) -> T {
-    let mut s = T::ZERO;
-    for (a, b) in x.iter().zip(c) {
+    let mut it = x.iter().zip(c);
+    let Some((a, b)) = it.next() else {
+        return T::ZERO;
+    };
+    let e = a.sub(*b);
+    let mut s = e.mul(e);
+    for (a, b) in it {
         let e = a.sub(*b);
-        s = s.add(e.mul(e));
+        s = e.mul_add(e, s);
     }
     s
 }
@@ -307,7 +315,7 @@ fn tile_dist<T: Real, const D: usize>(xt: &[[T; LANES]; D], c: &[T; D]) -> [T; L
         let ct = c[t];
         for l in 0..LANES {
             let e = xt[t][l].sub(ct);
-            s[l] = s[l].add(e.mul(e));
+            s[l] = e.mul_add(e, s[l]);
         }
     }
     s
@@ -758,7 +766,7 @@ pub(crate) mod avx512 {
     }
 
     /// Squared distances of the 16 lanes to the centre at `c` (`s = e0*e0`, then
-    /// `s = s + e*e` in feature order).
+    /// `s = fma(e, e, s)` in feature order, as [`super::dist2`]).
     ///
     /// # Safety
     /// AVX-512F must be available and `c` valid for `D` reads.
@@ -768,7 +776,7 @@ pub(crate) mod avx512 {
         let mut s = _mm512_mul_ps(e, e);
         for (t, x) in xt.iter().enumerate().skip(1) {
             let e = _mm512_sub_ps(*x, _mm512_set1_ps(*c.add(t)));
-            s = _mm512_add_ps(s, _mm512_mul_ps(e, e));
+            s = _mm512_fmadd_ps(e, e, s);
         }
         s
     }
@@ -778,7 +786,7 @@ pub(crate) mod avx512 {
     /// # Safety
     /// AVX-512F/VL/BW/DQ must be available, `1 <= d <= 16`, and `c` holds at most 16
     /// centres of `d` values.
-    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,popcnt")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,avx,fma,popcnt")]
     pub(super) unsafe fn labelled_inertia_f32(x: &[f32], d: usize, c: &[f32], labels: &[u32]) -> f64 {
         macro_rules! go {
             ($($d:literal)*) => {
@@ -829,7 +837,7 @@ pub(crate) mod avx512 {
             let mut s = _mm512_mul_ps(e, e);
             for (xv, col) in xt.iter().zip(&cols).skip(1) {
                 let e = _mm512_sub_ps(*xv, _mm512_permutexvar_ps(lab, *col));
-                s = _mm512_add_ps(s, _mm512_mul_ps(e, e));
+                s = _mm512_fmadd_ps(e, e, s);
             }
             let s = _mm512_maskz_mov_ps(valid, s);
             inert[0] = _mm512_add_pd(inert[0], _mm512_cvtps_pd(_mm512_castps512_ps256(s)));
@@ -897,8 +905,7 @@ pub(crate) mod avx512 {
         for (t, x) in xt.iter().enumerate() {
             for (g, sg) in s.iter_mut().enumerate() {
                 let e = _mm512_sub_ps(*x, _mm512_set1_ps(*c.add(g * D + t)));
-                let m = _mm512_mul_ps(e, e);
-                *sg = if t == 0 { m } else { _mm512_add_ps(*sg, m) };
+                *sg = if t == 0 { _mm512_mul_ps(e, e) } else { _mm512_fmadd_ps(e, e, *sg) };
             }
         }
         s

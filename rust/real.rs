@@ -11,6 +11,8 @@ pub trait Real: Copy + Send + Sync + PartialOrd + Default + std::fmt::Debug + 's
     fn sub(self, o: Self) -> Self;
     fn mul(self, o: Self) -> Self;
     fn add(self, o: Self) -> Self;
+    /// `self * a + b` with one rounding (a fused multiply-add, as the CPU's FMA unit does).
+    fn mul_add(self, a: Self, b: Self) -> Self;
     /// The slice as f32 when `Self` is f32 (for the f32-only kernels), else None.
     fn as_f32(_x: &[Self]) -> Option<&[f32]> {
         None
@@ -53,6 +55,10 @@ macro_rules! impl_real {
             #[inline(always)]
             fn add(self, o: Self) -> Self {
                 self + o
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
             }
             $($extra)*
         }

@@ -112,13 +112,54 @@ class SplitMix64:
         return (self.next_u64() * n) >> 64
 
 
+def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``a + b`` rounded, and its exact rounding error (Knuth's TwoSum)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _round_odd(s: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """The exact value ``s + err`` (``s`` its rounding to nearest) rounded to odd: when it is
+    not representable, the neighbour of the two around it whose last bit is 1."""
+    bits = s.view(np.uint64 if s.dtype == np.float64 else np.uint32).copy()
+    fix = (err != 0) & ((bits & 1) == 0)
+    away = np.signbit(err) == np.signbit(s)  # the exact value lies further from zero than s
+    bits[fix & away] += 1
+    bits[fix & ~away] -= 1
+    return bits.view(s.dtype)
+
+
+def fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``a * b + c`` with one rounding, in the arrays' precision (f32 or f64), as the CPU's
+    fused multiply-add: f32 through an exact f64 product rounded to odd; f64 by Boldo and
+    Melquiond's emulation (Dekker's exact product, TwoSum, one addition rounded to odd)."""
+    if a.dtype == np.float32:
+        s, err = _two_sum(a.astype(np.float64) * b.astype(np.float64), c.astype(np.float64))
+        return _round_odd(s, err).astype(np.float32)
+    split = 134217729.0  # 2^27 + 1: Veltkamp's splitting into 26-bit halves
+
+    def halves(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t = split * v
+        hi = t - (t - v)
+        return hi, v - hi
+
+    ph = a * b
+    (ah, al), (bh, bl) = halves(a), halves(b)
+    pl = ((ah * bh - ph) + ah * bl + al * bh) + al * bl  # a * b == ph + pl exactly
+    th, tl = _two_sum(c, ph)
+    return th + _round_odd(*_two_sum(tl, pl))
+
+
 def dist2(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Squared distances of rows of x to one centre, in x's precision, summed in feature order."""
+    """Squared distances of rows of x to one centre, in x's precision: ``s = e0 * e0``, then
+    ``s = fma(e, e, s)`` in feature order."""
     c = c.astype(x.dtype)
-    acc = np.zeros(x.shape[0], dtype=x.dtype)
-    for j in range(x.shape[1]):
+    e = x[:, 0] - c[0]
+    acc = e * e
+    for j in range(1, x.shape[1]):
         e = x[:, j] - c[j]
-        acc = acc + e * e
+        acc = fma(e, e, acc)
     return acc
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,6 +13,33 @@ import fairgrpo
 import reference as ref
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reference_fma_is_correctly_rounded(dtype):
+    """The reference's fused multiply-add (the distances' arithmetic) against exact rational
+    arithmetic, on wide magnitudes and near-cancellations, where a plain multiply-then-add or a
+    double rounding would differ."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    a = (rng.normal(size=n) * np.exp(rng.normal(size=n) * 3)).astype(dtype)
+    b = (rng.normal(size=n) * np.exp(rng.normal(size=n) * 3)).astype(dtype)
+    c = (-(a.astype(np.float64) * b) * (1 + rng.normal(size=n) * 1e-6)).astype(dtype)
+    c[::2] = rng.normal(size=n // 2).astype(dtype)
+    got = ref.fma(a, b, c)
+    for ai, bi, ci, gi in zip(a, b, c, got, strict=True):
+        exact = Fraction(float(ai)) * Fraction(float(bi)) + Fraction(float(ci))
+        nearest = dtype(float(exact))  # float(Fraction) rounds to nearest f64
+        if dtype == np.float32:
+            # the f32 neighbours of the f64 rounding: the nearest of them to the exact value,
+            # the even one on a tie
+            around = [np.nextafter(nearest, dtype(-np.inf)), nearest, np.nextafter(nearest, dtype(np.inf))]
+            err = [abs(Fraction(float(v)) - exact) for v in around]
+            best = [v for v, e in zip(around, err, strict=True) if e == min(err)]
+            nearest = min(best, key=lambda v: int(np.array(v).view(np.uint32)) & 1)
+        assert gi == nearest, (ai, bi, ci)
+
+
 DTYPES = st.sampled_from([np.float32, np.float64])
 
 
