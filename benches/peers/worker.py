@@ -76,17 +76,21 @@ def _timed(f: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def setup_bandwidth(spec: dict[str, Any]) -> Runner:
-    """Read bandwidth: sum over a large array (f32 data read as f64, 1 and 2 threads, the best of both)."""
+    """Read bandwidth: sum over a large array (f32 data read as f64, 1 and 2 threads, the best of
+    both); write bandwidth: fill of the same array (memset, which streams past the caches)."""
     n_bytes = int(spec["bytes"])
     a = np.ones(n_bytes // 4, dtype=np.float32)
     v = a.view(np.float64)
 
-    def one(threads: int) -> float:
+    def one(threads: int, write: bool = False) -> float:
         parts = np.array_split(v, threads)
         res = [0.0] * threads
 
         def work(i: int) -> None:
-            res[i] = float(parts[i].sum())  # numpy releases the GIL in reductions
+            if write:
+                parts[i].fill(0.0)  # numpy releases the GIL in fills of large arrays
+            else:
+                res[i] = float(parts[i].sum())  # and in reductions
 
         ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
         t0 = time.perf_counter()
@@ -100,7 +104,8 @@ def setup_bandwidth(spec: dict[str, Any]) -> Runner:
 
     def run() -> dict[str, Any]:
         t1, t2 = one(1), one(2)
-        return _done(t=min(t1, t2), gbs1=n_bytes / t1 / 1e9, gbs2=n_bytes / t2 / 1e9)
+        w = min(one(1, write=True), one(2, write=True))
+        return _done(t=min(t1, t2), gbs1=n_bytes / t1 / 1e9, gbs2=n_bytes / t2 / 1e9, write=n_bytes / w / 1e9)
 
     return run, lambda: {}
 
