@@ -401,27 +401,10 @@ def setup_identity(spec: dict[str, Any]) -> Runner:
 def _random_qwen2_05b(tok: Any) -> tuple[Any, Any]:
     """A randomly initialised Qwen2 of Qwen2.5-0.5B's layer shape (24 layers, hidden 896, GQA 14/2
     heads, MLP 4864) over ``tok``'s vocabulary: ~0.36B parameters without the 151k-token embedding."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from fairgrpo.models import builtin_policy
 
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(cfg)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    return model, tok
+    shape = dict(hidden_size=896, num_layers=24, num_heads=14, intermediate_size=4864, num_kv_heads=2)
+    return builtin_policy(tok, seed=0, **shape), tok
 
 
 def setup_trainer(spec: dict[str, Any]) -> Runner:

@@ -79,13 +79,17 @@ def builtin_policy(
     num_layers: int = 2,
     num_heads: int = 4,
     seed: int = 0,
+    intermediate_size: int | None = None,
+    num_kv_heads: int | None = None,
 ) -> Any:
-    """A randomly initialised ``Qwen2ForCausalLM`` sized for CPU training from scratch.
+    """A randomly initialised ``Qwen2ForCausalLM``, by default sized for CPU training from scratch.
 
     Args:
         tokenizer: gives the vocabulary size and the pad / eos ids.
-        hidden_size, num_layers, num_heads: the architecture (intermediate size 4x hidden).
+        hidden_size, num_layers, num_heads: the architecture.
         seed: seed of the random initialisation.
+        intermediate_size: the MLP width (default 4x hidden).
+        num_kv_heads: key / value heads (default ``num_heads``; fewer for grouped-query attention).
     """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -95,10 +99,10 @@ def builtin_policy(
     cfg = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=4 * hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
+        num_key_value_heads=num_kv_heads or num_heads,
         max_position_embeddings=512,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
