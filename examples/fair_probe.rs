@@ -2,7 +2,10 @@
 //! prompts labelled: `cargo run --release --example fair_probe -- PROMPTS REPS THREADS [GRADED]`
 //! (GRADED = 1: 0/1 plus 0.2 for 70 % of the rollouts, the step's general path). With
 //! `PAUSE_MS=150` every step follows a sleep, as in a training loop (the threads idle between
-//! calls); without it the steps run back to back. `ALL=1` prints every step's time too.
+//! calls); without it the steps run back to back. `SPIN_MS=150` spins the calling thread
+//! instead of sleeping (the pool's other core idles), `SPIN2_MS=150` spins a second thread
+//! too (both cores stay busy): which of them brings the slowdown after a pause tells whose
+//! idleness causes it. `ALL=1` prints every step's time too.
 use _core::config::FairConfig;
 use _core::fair::FairAdvantage;
 use _core::labels::Labels;
@@ -36,10 +39,25 @@ fn main() {
     let cfg = FairConfig { n_threads: Some(threads), ..FairConfig::robust() };
     let mut fa = FairAdvantage::new(cfg).unwrap();
     let mut ts = Vec::new();
-    let pause = std::env::var("PAUSE_MS").ok().and_then(|v| v.parse::<u64>().ok());
+    let ms = |var: &str| std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok());
+    let (pause, spin, spin2) = (ms("PAUSE_MS"), ms("SPIN_MS"), ms("SPIN2_MS"));
+    let busy = |ms: u64| {
+        let t = Instant::now();
+        while t.elapsed().as_millis() < u128::from(ms) {
+            std::hint::spin_loop();
+        }
+    };
     for _ in 0..reps + 1 {
         if let Some(ms) = pause {
             std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        if let Some(ms) = spin {
+            busy(ms);
+        }
+        if let Some(ms) = spin2 {
+            let other = std::thread::spawn(move || busy(ms));
+            busy(ms);
+            other.join().unwrap();
         }
         let t0 = Instant::now();
         fa.step_into(&r, g, Labels::Ints(&src), Labels::Ints(&grp), Labels::Absent, &mut out, &mut w, &mut c)
