@@ -433,8 +433,11 @@ impl FairAdvantage {
                     }
                     if !known {
                         part.new_label = true;
-                    } else if let Some(i) = ls.iter().position(|&s| s < 0) {
-                        part.no_source = Some(q_start + i);
+                    } else if ls.iter().fold(0, |a, &s| a | s) < 0 {
+                        // a prompt without a source (-1): found by a search only then (the
+                        // or of the sign bits vectorises, the early-exit search does not:
+                        // it was 5 % of a step)
+                        part.no_source = ls.iter().position(|&s| s < 0).map(|i| q_start + i);
                     }
                 }
                 if part.new_label || part.no_source.is_some() {
@@ -764,9 +767,17 @@ impl FairAdvantage {
                 let nt = tiles::tiles_len(w.len());
                 let (bn, pt) = (&tbin[q0 / TILE..q0 / TILE + nt], &tpat[q0..q0 + nt * TILE]);
                 let mut mass = vec![0.0f64; n_cells];
-                let wt = CellWeights { cells, mult: &mult, shift, scale: inv_denom, binary: bw.as_ref() };
-                tiles::weighted(st, bn, pt, table, g, &wt, o, &mut mass);
-                write_cells(cells, &cell_w, &cell_cluster, w, cl);
+                let wt = CellWeights {
+                    cells,
+                    mult: &mult,
+                    weight: &cell_w,
+                    cluster: &cell_cluster,
+                    shift,
+                    scale: inv_denom,
+                    binary: bw.as_ref(),
+                };
+                let po = tiles::PromptOut { adv: o, weights: w, clusters: cl };
+                tiles::weighted(st, bn, pt, table, g, &wt, po, &mut mass);
                 mass
             })
         } else {

@@ -223,6 +223,10 @@ pub struct CellWeights<'a> {
     pub cells: &'a [u32],
     /// Per cell: what multiplies the score.
     pub mult: &'a [f64],
+    /// Per cell: the weight and the cluster (-1 for a labelled group) that each of its
+    /// prompts reports.
+    pub weight: &'a [f64],
+    pub cluster: &'a [i64],
     pub shift: f64,
     pub scale: f64,
     /// Pass 2's results for 0/1 prompts, per cell and count, when the table allows them.
@@ -353,13 +357,21 @@ pub fn sums(
     unreachable!()
 }
 
+/// What pass 2 writes per prompt of a chunk: its G advantages, its weight and its cluster.
+pub struct PromptOut<'a> {
+    pub adv: &'a mut [f32],
+    pub weights: &'a mut [f64],
+    pub clusters: &'a mut [i64],
+}
+
 /// Pass 2: the weighted, renormalised advantages of the prompts whose scores (or, for the
-/// tiles flagged in `bin`, patterns in `pat` of the `table`) [`sums`] left into `out`
-/// (exactly [`crate::blocks::write_prompt_scores`] per prompt); adds each prompt's |A| to
+/// tiles flagged in `bin`, patterns in `pat` of the `table`) [`sums`] left into `out.adv`
+/// (exactly [`crate::blocks::write_prompt_scores`] per prompt), and each prompt's cell's
+/// weight and cluster into `out.weights` and `out.clusters`; adds each prompt's |A| to
 /// `mass[cell]`, in prompt order. The rewards must be free of infinities (pass 1 checks).
 ///
 /// # Panics
-/// If `supports(g)` is false, or the lengths do not match.
+/// If `supports(g)` is false, the lengths do not match, or a cell has no multiplier.
 #[allow(clippy::too_many_arguments)]
 pub fn weighted(
     sc: &[f32],
@@ -368,11 +380,13 @@ pub fn weighted(
     table: Option<&BinaryTable>,
     g: usize,
     w: &CellWeights<'_>,
-    out: &mut [f32],
+    out: PromptOut<'_>,
     mass: &mut [f64],
 ) {
     let np = w.cells.len();
-    assert!(supports(g) && out.len() == np * g && sc.len() == scores_len(np, g));
+    assert!(supports(g) && out.adv.len() == np * g && sc.len() == scores_len(np, g));
+    assert!(out.weights.len() == np && out.clusters.len() == np);
+    assert!(w.weight.len() == w.mult.len() && w.cluster.len() == w.mult.len() && mass.len() == w.mult.len());
     assert!(
         bin.len() == tiles_len(np) && pat.len() == tiles_len(np) * TILE && table.is_none_or(|t| t.g == g)
     );
@@ -391,7 +405,9 @@ use imp::{scores_k, sums_k, weighted_k};
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use super::{BinaryTable, BinaryWeights, CellWeights, ScoreParams, TileIn, TileSums, BATCH, TILE};
+    use super::{
+        BinaryTable, BinaryWeights, CellWeights, PromptOut, ScoreParams, TileIn, TileSums, BATCH, TILE,
+    };
     use crate::kernels::avx512::transpose_512 as transpose;
     use std::arch::x86_64::*;
 
@@ -1083,6 +1099,105 @@ mod imp {
         }
     }
 
+    /// The per-cell weights and clusters of [`CellWeights`], looked up 16 cells at a time:
+    /// up to 32 cells from registers (two permutes and a blend per 8 lanes), more by gathers.
+    struct CellTables<'a> {
+        weight: &'a [f64],
+        cluster: &'a [i64],
+        /// Entries 8j..8j+8 of each table, when it has at most 32.
+        regs: Option<([__m512d; 4], [__m512i; 4])>,
+    }
+
+    impl<'a> CellTables<'a> {
+        #[inline(always)]
+        unsafe fn new(weight: &'a [f64], cluster: &'a [i64]) -> Self {
+            assert!(weight.len() == cluster.len() && weight.len() <= i32::MAX as usize);
+            let regs = (weight.len() <= 32).then(|| {
+                let (mut tw, mut tc) = ([0.0f64; 32], [0i64; 32]);
+                tw[..weight.len()].copy_from_slice(weight);
+                tc[..cluster.len()].copy_from_slice(cluster);
+                (
+                    std::array::from_fn(|j| _mm512_loadu_pd(tw.as_ptr().add(8 * j))),
+                    std::array::from_fn(|j| _mm512_loadu_si512(tc.as_ptr().add(8 * j) as *const _)),
+                )
+            });
+            CellTables { weight, cluster, regs }
+        }
+
+        /// Writes the weight and cluster of the cells `cv` (16 lanes, each below the tables'
+        /// length) to `w[..16]` and `cl[..16]`.
+        #[inline(always)]
+        unsafe fn put(&self, cv: __m512i, w: &mut [f64], cl: &mut [i64]) {
+            assert!(w.len() >= TILE && cl.len() >= TILE);
+            let sixteen = _mm512_set1_epi64(16);
+            for h in 0..2 {
+                let c32 =
+                    if h == 0 { _mm512_castsi512_si256(cv) } else { _mm512_extracti64x4_epi64::<1>(cv) };
+                let (wv, clv) = match &self.regs {
+                    Some((tw, tc)) => {
+                        // entries 0..16 from the first pair of registers, 16..32 from the second
+                        let idx = _mm512_cvtepu32_epi64(c32);
+                        let hi = _mm512_test_epi64_mask(idx, sixteen);
+                        (
+                            _mm512_mask_blend_pd(
+                                hi,
+                                _mm512_permutex2var_pd(tw[0], idx, tw[1]),
+                                _mm512_permutex2var_pd(tw[2], idx, tw[3]),
+                            ),
+                            _mm512_mask_blend_epi64(
+                                hi,
+                                _mm512_permutex2var_epi64(tc[0], idx, tc[1]),
+                                _mm512_permutex2var_epi64(tc[2], idx, tc[3]),
+                            ),
+                        )
+                    }
+                    None => (
+                        _mm512_i32gather_pd::<8>(c32, self.weight.as_ptr()),
+                        _mm512_i32gather_epi64::<8>(c32, self.cluster.as_ptr()),
+                    ),
+                };
+                _mm512_storeu_pd(w.as_mut_ptr().add(8 * h), wv);
+                _mm512_storeu_si512(cl.as_mut_ptr().add(8 * h) as *mut _, clv);
+            }
+        }
+    }
+
+    /// Tiles ahead of the one being written whose output lines [`weighted_k`] asks for.
+    const WRITE_AHEAD: usize = 4;
+
+    /// Whether the CPU has `prefetchw` (CPUID 0x8000_0001, ECX bit 8; every CPU with
+    /// AVX-512 has it, and it is a no-op where it is not implemented, but it is checked).
+    fn has_prefetchw() -> bool {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        static HAS: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 no, 2 yes
+        match HAS.load(Ordering::Relaxed) {
+            0 => {
+                // leaf 0x8000_0001 is asked only when the highest extended leaf reaches it
+                let yes = __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0;
+                HAS.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+                yes
+            }
+            v => v == 2,
+        }
+    }
+
+    /// Asks for the lines of the `bytes` bytes at `p` in the state a write needs
+    /// (`prefetchw`). A prefetch never faults, so the range may lie past the data.
+    ///
+    /// # Safety
+    /// The CPU must have `prefetchw` ([`has_prefetchw`]).
+    #[inline(always)]
+    unsafe fn prefetch_write<T>(p: *const T, bytes: usize) {
+        let p = p as *const u8;
+        let mut o = 0;
+        while o < bytes {
+            std::arch::asm!("prefetchw [{}]", in(reg) p.wrapping_add(o), options(nostack, preserves_flags, readonly));
+            o += 64;
+        }
+        // the last byte's line, when the range does not start on a line
+        std::arch::asm!("prefetchw [{}]", in(reg) p.wrapping_add(bytes - 1), options(nostack, preserves_flags, readonly));
+    }
+
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn weighted_k<const G: usize>(
         sc: &[f32],
@@ -1090,7 +1205,7 @@ mod imp {
         pat: &[u16],
         table: Option<&BinaryTable>,
         w: &CellWeights<'_>,
-        out: &mut [f32],
+        out: PromptOut<'_>,
         mass: &mut [f64],
     ) {
         /// The advantages of the tile whose scores are at `s` into `buf`, its prompts' |A|
@@ -1144,10 +1259,32 @@ mod imp {
             }
             _ => None,
         };
+        let tables = CellTables::new(w.weight, w.cluster);
+        let prefetch_w = has_prefetchw();
+        let PromptOut { adv: out, weights: w_out, clusters: cl_out } = out;
         let mut ahead = fetch(0);
         for q in (0..np).step_by(TILE) {
             let n = TILE.min(np - q);
             let cells = &w.cells[q..q + n];
+            if prefetch_w {
+                // the lines this loop writes WRITE_AHEAD tiles on, asked for in the state a
+                // write needs: the stores find them in the cache instead of each waiting for
+                // its line (2-4 % per step from DRAM on two threads, fair_probe)
+                let a = q + WRITE_AHEAD * TILE;
+                prefetch_write(out.as_ptr().wrapping_add(a * G), TILE * G * 4);
+                prefetch_write(w_out.as_ptr().wrapping_add(a), TILE * 8);
+                prefetch_write(cl_out.as_ptr().wrapping_add(a), TILE * 8);
+            }
+            // the tile's weights and clusters, written beside its advantages
+            match cells_of(q) {
+                Some(cv) => tables.put(cv, &mut w_out[q..q + TILE], &mut cl_out[q..q + TILE]),
+                None => {
+                    for (l, &c) in cells.iter().enumerate() {
+                        w_out[q + l] = w.weight[c as usize];
+                        cl_out[q + l] = w.cluster[c as usize];
+                    }
+                }
+            }
             let o = &mut out[q * G..(q + n) * G];
             let this = std::mem::replace(&mut ahead, fetch(q + TILE));
             if let Some(f) = this {
@@ -1417,10 +1554,23 @@ mod tests {
                     // pass 2: three cells, one with a huge multiplier (non-finite products)
                     let cells: Vec<u32> = (0..np as u32).map(|q| q % 3).collect();
                     let mult = [0.7, 1.3, 1e308];
-                    let wt =
-                        CellWeights { cells: &cells, mult: &mult, shift: 0.01, scale: 1.7, binary: None };
+                    let (weight, cluster) = ([0.5, 2.0, 3.5], [-1i64, 4, 7]);
+                    let wt = CellWeights {
+                        cells: &cells,
+                        mult: &mult,
+                        weight: &weight,
+                        cluster: &cluster,
+                        shift: 0.01,
+                        scale: 1.7,
+                        binary: None,
+                    };
                     let mut mass = vec![0.0; 3];
-                    weighted(&sc, &bin, &pat, None, g, &wt, &mut out, &mut mass);
+                    let (mut w_out, mut cl_out) = (vec![f64::NAN; np], vec![i64::MIN; np]);
+                    let po = PromptOut { adv: &mut out, weights: &mut w_out, clusters: &mut cl_out };
+                    weighted(&sc, &bin, &pat, None, g, &wt, po, &mut mass);
+                    for (q, &c) in cells.iter().enumerate() {
+                        assert_eq!((w_out[q], cl_out[q]), (weight[c as usize], cluster[c as usize]));
+                    }
                     let mut want_mass = [0.0f64; 3];
                     let mut want = vec![0.0f32; g];
                     for (q, rq) in r.chunks_exact(g).enumerate() {
@@ -1496,6 +1646,47 @@ mod tests {
     /// 0/1 rewards through the table give the bits of the kernels without it: runs of 0/1
     /// tiles between tiles with a 0.5, a NaN or a -0.0 reward, a partial last run, every
     /// G with a table, every scale, normal and huge multipliers.
+    /// Pass 2's weights and clusters are their cells' entries, for tables held in registers
+    /// (up to 32 cells) and gathered (more), full tiles and a last partial one.
+    #[test]
+    fn pass2_writes_each_prompts_cell_weight_and_cluster() {
+        if !supports(4) {
+            return;
+        }
+        let (g, np) = (4, 16 * 5 + 7);
+        let mut rng = crate::rng::SplitMix64::new(5);
+        for n_cells in [1usize, 3, 16, 17, 32, 33, 100] {
+            let cells: Vec<u32> = (0..np).map(|_| rng.below(n_cells) as u32).collect();
+            let mult = vec![1.0; n_cells];
+            let weight: Vec<f64> = (0..n_cells).map(|c| 0.25 + c as f64).collect();
+            let cluster: Vec<i64> =
+                (0..n_cells).map(|c| if c % 3 == 0 { -1 } else { c as i64 * 7 }).collect();
+            let wt = CellWeights {
+                cells: &cells,
+                mult: &mult,
+                weight: &weight,
+                cluster: &cluster,
+                shift: 0.0,
+                scale: 1.0,
+                binary: None,
+            };
+            let sc = vec![0.0f32; scores_len(np, g)];
+            let (bin, pat) = (vec![false; tiles_len(np)], vec![0u16; tiles_len(np) * TILE]);
+            let (mut out, mut mass) = (vec![f32::NAN; np * g], vec![0.0; n_cells]);
+            let (mut w_out, mut cl_out) = (vec![f64::NAN; np], vec![i64::MIN; np]);
+            let po = PromptOut { adv: &mut out, weights: &mut w_out, clusters: &mut cl_out };
+            weighted(&sc, &bin, &pat, None, g, &wt, po, &mut mass);
+            for (q, &c) in cells.iter().enumerate() {
+                assert_eq!(
+                    (w_out[q], cl_out[q]),
+                    (weight[c as usize], cluster[c as usize]),
+                    "{n_cells} cells"
+                );
+            }
+            assert!(out.iter().all(|&a| a == 0.0));
+        }
+    }
+
     #[test]
     fn binary_tiles_equal_the_kernels_bitwise() {
         if !supports(10) {
@@ -1535,13 +1726,26 @@ mod tests {
                     if si == 1 {
                         mult[2] = 1e308;
                     }
-                    let mut wt =
-                        CellWeights { cells: &cells, mult: &mult, shift: 0.01, scale: 1.7, binary: None };
+                    let (weight, cluster) = ([0.5, 2.0, 3.5], [-1i64, 4, 7]);
+                    let mut wt = CellWeights {
+                        cells: &cells,
+                        mult: &mult,
+                        weight: &weight,
+                        cluster: &cluster,
+                        shift: 0.01,
+                        scale: 1.7,
+                        binary: None,
+                    };
                     let bw = BinaryWeights::new(&table, &mult, 0.01, 1.7).filter(|_| per_count);
                     assert_eq!(bw.is_some(), per_count, "the scores of 0/1 prompts depend on the count only");
                     wt.binary = bw.as_ref();
                     let (mut out, mut mass) = (vec![f32::NAN; np * g], vec![0.0; 3]);
-                    weighted(&sc, &bin, &pat, t, g, &wt, &mut out, &mut mass);
+                    let (mut w_out, mut cl_out) = (vec![f64::NAN; np], vec![i64::MIN; np]);
+                    let po = PromptOut { adv: &mut out, weights: &mut w_out, clusters: &mut cl_out };
+                    weighted(&sc, &bin, &pat, t, g, &wt, po, &mut mass);
+                    for (q, &c) in cells.iter().enumerate() {
+                        assert_eq!((w_out[q], cl_out[q]), (weight[c as usize], cluster[c as usize]));
+                    }
                     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     let mut gs = vec![f32::NAN; np * g];
                     assert_eq!(scores(&r, g, &p, t, &mut gs), None);
