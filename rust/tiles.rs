@@ -1554,23 +1554,8 @@ mod tests {
                     // pass 2: three cells, one with a huge multiplier (non-finite products)
                     let cells: Vec<u32> = (0..np as u32).map(|q| q % 3).collect();
                     let mult = [0.7, 1.3, 1e308];
-                    let (weight, cluster) = ([0.5, 2.0, 3.5], [-1i64, 4, 7]);
-                    let wt = CellWeights {
-                        cells: &cells,
-                        mult: &mult,
-                        weight: &weight,
-                        cluster: &cluster,
-                        shift: 0.01,
-                        scale: 1.7,
-                        binary: None,
-                    };
                     let mut mass = vec![0.0; 3];
-                    let (mut w_out, mut cl_out) = (vec![f64::NAN; np], vec![i64::MIN; np]);
-                    let po = PromptOut { adv: &mut out, weights: &mut w_out, clusters: &mut cl_out };
-                    weighted(&sc, &bin, &pat, None, g, &wt, po, &mut mass);
-                    for (q, &c) in cells.iter().enumerate() {
-                        assert_eq!((w_out[q], cl_out[q]), (weight[c as usize], cluster[c as usize]));
-                    }
+                    weighted3(&sc, &bin, &pat, None, g, &three_cells(&cells, &mult), &mut out, &mut mass);
                     let mut want_mass = [0.0f64; 3];
                     let mut want = vec![0.0f32; g];
                     for (q, rq) in r.chunks_exact(g).enumerate() {
@@ -1646,6 +1631,43 @@ mod tests {
     /// 0/1 rewards through the table give the bits of the kernels without it: runs of 0/1
     /// tiles between tiles with a 0.5, a NaN or a -0.0 reward, a partial last run, every
     /// G with a table, every scale, normal and huge multipliers.
+    /// The weighting of the tests' three cells (their weights and clusters below), shift 0.01
+    /// and scale 1.7.
+    fn three_cells<'a>(cells: &'a [u32], mult: &'a [f64]) -> CellWeights<'a> {
+        const WEIGHT: [f64; 3] = [0.5, 2.0, 3.5];
+        const CLUSTER: [i64; 3] = [-1, 4, 7];
+        CellWeights { cells, mult, weight: &WEIGHT, cluster: &CLUSTER, shift: 0.01, scale: 1.7, binary: None }
+    }
+
+    /// [`weighted`] with [`three_cells`]; checks each prompt's weight and cluster.
+    #[allow(clippy::too_many_arguments)]
+    fn weighted3(
+        sc: &[f32],
+        bin: &[bool],
+        pat: &[u16],
+        t: Option<&BinaryTable>,
+        g: usize,
+        w: &CellWeights<'_>,
+        out: &mut [f32],
+        mass: &mut [f64],
+    ) {
+        let np = w.cells.len();
+        let (mut w_out, mut cl_out) = (vec![f64::NAN; np], vec![i64::MIN; np]);
+        weighted(
+            sc,
+            bin,
+            pat,
+            t,
+            g,
+            w,
+            PromptOut { adv: out, weights: &mut w_out, clusters: &mut cl_out },
+            mass,
+        );
+        for (q, &c) in w.cells.iter().enumerate() {
+            assert_eq!((w_out[q], cl_out[q]), (w.weight[c as usize], w.cluster[c as usize]));
+        }
+    }
+
     /// Pass 2's weights and clusters are their cells' entries, for tables held in registers
     /// (up to 32 cells) and gathered (more), full tiles and a last partial one.
     #[test]
@@ -1726,26 +1748,12 @@ mod tests {
                     if si == 1 {
                         mult[2] = 1e308;
                     }
-                    let (weight, cluster) = ([0.5, 2.0, 3.5], [-1i64, 4, 7]);
-                    let mut wt = CellWeights {
-                        cells: &cells,
-                        mult: &mult,
-                        weight: &weight,
-                        cluster: &cluster,
-                        shift: 0.01,
-                        scale: 1.7,
-                        binary: None,
-                    };
+                    let mut wt = three_cells(&cells, &mult);
                     let bw = BinaryWeights::new(&table, &mult, 0.01, 1.7).filter(|_| per_count);
                     assert_eq!(bw.is_some(), per_count, "the scores of 0/1 prompts depend on the count only");
                     wt.binary = bw.as_ref();
                     let (mut out, mut mass) = (vec![f32::NAN; np * g], vec![0.0; 3]);
-                    let (mut w_out, mut cl_out) = (vec![f64::NAN; np], vec![i64::MIN; np]);
-                    let po = PromptOut { adv: &mut out, weights: &mut w_out, clusters: &mut cl_out };
-                    weighted(&sc, &bin, &pat, t, g, &wt, po, &mut mass);
-                    for (q, &c) in cells.iter().enumerate() {
-                        assert_eq!((w_out[q], cl_out[q]), (weight[c as usize], cluster[c as usize]));
-                    }
+                    weighted3(&sc, &bin, &pat, t, g, &wt, &mut out, &mut mass);
                     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     let mut gs = vec![f32::NAN; np * g];
                     assert_eq!(scores(&r, g, &p, t, &mut gs), None);
