@@ -1112,15 +1112,18 @@ mod imp {
         #[inline(always)]
         unsafe fn new(weight: &'a [f64], cluster: &'a [i64]) -> Self {
             assert!(weight.len() == cluster.len() && weight.len() <= i32::MAX as usize);
-            let regs = (weight.len() <= 32).then(|| {
+            let mut regs = None;
+            if weight.len() <= 32 {
                 let (mut tw, mut tc) = ([0.0f64; 32], [0i64; 32]);
                 tw[..weight.len()].copy_from_slice(weight);
                 tc[..cluster.len()].copy_from_slice(cluster);
-                (
-                    std::array::from_fn(|j| _mm512_loadu_pd(tw.as_ptr().add(8 * j))),
-                    std::array::from_fn(|j| _mm512_loadu_si512(tc.as_ptr().add(8 * j) as *const _)),
-                )
-            });
+                let (mut rw, mut rc) = ([_mm512_setzero_pd(); 4], [_mm512_setzero_si512(); 4]);
+                for j in 0..4 {
+                    rw[j] = _mm512_loadu_pd(tw.as_ptr().add(8 * j));
+                    rc[j] = _mm512_loadu_si512(tc.as_ptr().add(8 * j) as *const _);
+                }
+                regs = Some((rw, rc));
+            }
             CellTables { weight, cluster, regs }
         }
 
@@ -1166,7 +1169,7 @@ mod imp {
     const WRITE_AHEAD: usize = 4;
 
     /// Whether the CPU has `prefetchw` (CPUID 0x8000_0001, ECX bit 8; every CPU with
-    /// AVX-512 has it, and it is a no-op where it is not implemented, but it is checked).
+    /// AVX-512 seen so far has it, but it is checked).
     fn has_prefetchw() -> bool {
         use std::sync::atomic::{AtomicU8, Ordering};
         static HAS: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 no, 2 yes
@@ -1269,7 +1272,7 @@ mod imp {
             if prefetch_w {
                 // the lines this loop writes WRITE_AHEAD tiles on, asked for in the state a
                 // write needs: the stores find them in the cache instead of each waiting for
-                // its line (2-4 % per step from DRAM on two threads, fair_probe)
+                // its line (3-6 % per step from DRAM on two threads, fair_probe)
                 let a = q + WRITE_AHEAD * TILE;
                 prefetch_write(out.as_ptr().wrapping_add(a * G), TILE * G * 4);
                 prefetch_write(w_out.as_ptr().wrapping_add(a), TILE * 8);
