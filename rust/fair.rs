@@ -897,19 +897,22 @@ fn unknown_source(i: usize) -> CoreError {
     )
 }
 
-/// Per prompt of a chunk: the weight and the cluster (-1 for a labelled group) of its cell.
+/// Per prompt of a chunk: the weight and the cluster (-1 for a labelled group) of its cell
+/// (pass 2's portable path; the AVX-512 tiles write them beside the advantages).
 fn write_cells(cells: &[u32], cell_w: &[f64], cell_cluster: &[i64], w: &mut [f64], cl: &mut [i64]) {
     assert!(cell_w.len() == cell_cluster.len() && w.len() == cells.len() && cl.len() == cells.len());
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-        && cell_w.len() <= i32::MAX as usize
-    {
-        // SAFETY: AVX-512F/VL are available; the lengths are checked above.
-        unsafe { write_cells_avx512(cells, cell_w, cell_cluster, w, cl) };
-        return;
-    }
-    write_cells_rows(cells, cell_w, cell_cluster, w, cl);
+    let done = if std::arch::is_x86_feature_detected!("avx512f") && cell_w.len() <= i32::MAX as usize {
+        // SAFETY: AVX-512F is available; the lengths are checked above.
+        unsafe { tiles::put_cells(cells, cell_w, cell_cluster, w, cl) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    // the rest (a last partial tile, or from a tile with a cell past the tables: the row
+    // by row indexing panics there)
+    write_cells_rows(&cells[done..], cell_w, cell_cluster, &mut w[done..], &mut cl[done..]);
 }
 
 /// [`write_cells`] one prompt at a time (panics on a cell past the tables).
@@ -918,72 +921,6 @@ fn write_cells_rows(cells: &[u32], cell_w: &[f64], cell_cluster: &[i64], w: &mut
         *w = cell_w[c as usize];
         *cl = cell_cluster[c as usize];
     }
-}
-
-/// [`write_cells`] 8 prompts at a time, where all 8 cells are in the tables (otherwise
-/// those prompts go through [`write_cells_rows`], which panics): the tables permuted in
-/// registers when they have at most 32 cells, gathered otherwise.
-///
-/// # Safety
-/// AVX-512F/VL must be available, the tables of equal length (at most `i32::MAX`), and the
-/// outputs as long as `cells`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn write_cells_avx512(
-    cells: &[u32],
-    cell_w: &[f64],
-    cell_cluster: &[i64],
-    w: &mut [f64],
-    cl: &mut [i64],
-) {
-    use std::arch::x86_64::*;
-    let n8 = cells.len() / 8 * 8;
-    let len = _mm256_set1_epi32(cell_w.len() as i32);
-    // up to 32 cells: both tables in registers, looked up by permutes instead of gathers
-    let small = cell_w.len() <= 32;
-    let (mut tw, mut tc) = ([0.0f64; 32], [0i64; 32]);
-    if small {
-        tw[..cell_w.len()].copy_from_slice(cell_w);
-        tc[..cell_cluster.len()].copy_from_slice(cell_cluster);
-    }
-    let ld = |t: &[f64; 32], j: usize| _mm512_loadu_pd(t.as_ptr().add(8 * j));
-    let lc = |t: &[i64; 32], j: usize| _mm512_loadu_si512(t.as_ptr().add(8 * j) as *const _);
-    let (w0, w1, w2, w3) = (ld(&tw, 0), ld(&tw, 1), ld(&tw, 2), ld(&tw, 3));
-    let (c0, c1, c2, c3) = (lc(&tc, 0), lc(&tc, 1), lc(&tc, 2), lc(&tc, 3));
-    let sixteen = _mm512_set1_epi64(16);
-    for i in (0..n8).step_by(8) {
-        let c = _mm256_loadu_si256(cells.as_ptr().add(i) as *const __m256i);
-        // unsigned: u32::MAX and every other cell past the tables fail
-        if _mm256_cmplt_epu32_mask(c, len) != 0xFF {
-            write_cells_rows(&cells[i..i + 8], cell_w, cell_cluster, &mut w[i..i + 8], &mut cl[i..i + 8]);
-            continue;
-        }
-        let (wv, cv) = if small {
-            // entries 0..16 from the first pair of registers, 16..32 from the second
-            let idx = _mm512_cvtepu32_epi64(c);
-            let hi = _mm512_test_epi64_mask(idx, sixteen);
-            (
-                _mm512_mask_blend_pd(
-                    hi,
-                    _mm512_permutex2var_pd(w0, idx, w1),
-                    _mm512_permutex2var_pd(w2, idx, w3),
-                ),
-                _mm512_mask_blend_epi64(
-                    hi,
-                    _mm512_permutex2var_epi64(c0, idx, c1),
-                    _mm512_permutex2var_epi64(c2, idx, c3),
-                ),
-            )
-        } else {
-            (
-                _mm512_i32gather_pd::<8>(c, cell_w.as_ptr()),
-                _mm512_i32gather_epi64::<8>(c, cell_cluster.as_ptr()),
-            )
-        };
-        _mm512_storeu_pd(w.as_mut_ptr().add(i), wv);
-        _mm512_storeu_si512(cl.as_mut_ptr().add(i) as *mut _, cv);
-    }
-    write_cells_rows(&cells[n8..], cell_w, cell_cluster, &mut w[n8..], &mut cl[n8..]);
 }
 
 /// Per-cell sums of one step: prompts, rewards, scores.

@@ -401,6 +401,8 @@ pub fn weighted(
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(crate) use imp::put_cells;
+#[cfg(target_arch = "x86_64")]
 use imp::{scores_k, sums_k, weighted_k};
 
 #[cfg(target_arch = "x86_64")]
@@ -1163,6 +1165,37 @@ mod imp {
                 _mm512_storeu_si512(cl.as_mut_ptr().add(8 * h) as *mut _, clv);
             }
         }
+    }
+
+    /// The weight and cluster of each prompt's cell (`weight[cells[q]]`, `cluster[cells[q]]`)
+    /// into `w` and `cl`, 16 prompts at a time through [`CellTables`], up to the last whole
+    /// tile or the first tile with a cell past the tables; returns how many prompts it wrote.
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn put_cells(
+        cells: &[u32],
+        weight: &[f64],
+        cluster: &[i64],
+        w: &mut [f64],
+        cl: &mut [i64],
+    ) -> usize {
+        assert!(w.len() >= cells.len() && cl.len() >= cells.len());
+        let tables = CellTables::new(weight, cluster);
+        // `new` checked that the length fits an i32
+        let len = _mm512_set1_epi32(weight.len() as i32);
+        let mut q = 0;
+        while q + TILE <= cells.len() {
+            let cv = _mm512_loadu_si512(cells[q..q + TILE].as_ptr() as *const _);
+            // unsigned: u32::MAX and every other cell past the tables stop here
+            if _mm512_cmpge_epu32_mask(cv, len) != 0 {
+                break;
+            }
+            tables.put(cv, &mut w[q..q + TILE], &mut cl[q..q + TILE]);
+            q += TILE;
+        }
+        q
     }
 
     /// Tiles ahead of the one being written whose output lines [`weighted_k`] asks for.
