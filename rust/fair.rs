@@ -702,8 +702,8 @@ impl FairAdvantage {
             self.source_stats.iter().map(|r| (r.n.sqrt() * floor_mu(r.mean())).max(cfg.t_floor)).collect();
         let active: Vec<usize> = (0..n_cells).filter(|&c| acc[c].n > 0.0).collect();
         let mut t_cell = vec![0.0f64; n_cells];
-        let mut cell_w = vec![1.0f64; n_cells]; // the reported weight
-        let mut mult = vec![1.0f64; n_cells]; // what multiplies the score
+        // each cell's weight: what multiplies its prompts' scores, and what they report
+        let mut mult = vec![1.0f64; n_cells];
         let mut fallback = vec![false; n_cells];
         for &c in &active {
             let run = cell_run(c);
@@ -715,7 +715,6 @@ impl FairAdvantage {
                 active.iter().map(|&c| 1.0 / (t_source[cell_source(c)] * t_cell[c])).collect();
             let counts: Vec<f64> = active.iter().map(|&c| acc[c].n).collect();
             for (&c, w) in active.iter().zip(water_fill(&raw, &counts, cfg.w_cap)) {
-                cell_w[c] = w;
                 mult[c] = w;
             }
         } else {
@@ -725,7 +724,6 @@ impl FairAdvantage {
                 if f.is_nan() || f == 0.0 || !inv.is_finite() {
                     fallback[c] = true;
                 } else {
-                    cell_w[c] = inv;
                     mult[c] = inv;
                 }
             }
@@ -770,7 +768,6 @@ impl FairAdvantage {
                 let wt = CellWeights {
                     cells,
                     mult: &mult,
-                    weight: &cell_w,
                     cluster: &cell_cluster,
                     shift,
                     scale: inv_denom,
@@ -792,7 +789,7 @@ impl FairAdvantage {
                 let q0 = ci * PROMPTS_PER_CHUNK;
                 let mut mass = vec![0.0f64; n_cells];
                 pass2.run(q0, o, &mut mass);
-                write_cells(&cell[q0..q0 + w.len()], &cell_w, &cell_cluster, w, cl);
+                write_cells(&cell[q0..q0 + w.len()], &mult, &cell_cluster, w, cl);
                 mass
             })
         };
@@ -810,7 +807,7 @@ impl FairAdvantage {
         let mut groups_out = Vec::with_capacity(active.len());
         for &c in &active {
             let s = cell_source(c);
-            w_src[s] += acc[c].n * cell_w[c];
+            w_src[s] += acc[c].n * mult[c];
             mass_src[s] += grad_mass[c];
             let run = cell_run(c);
             let sname = self.sources.name(s as u32);
@@ -829,7 +826,7 @@ impl FairAdvantage {
                 temperature: t_cell[c],
                 n_batch: acc[c].n as u64,
                 batch_mean_reward: acc[c].run().mean(),
-                weight: cell_w[c],
+                weight: mult[c],
                 grad_mass: grad_mass[c],
                 fallback: fallback[c],
             });

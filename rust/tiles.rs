@@ -221,11 +221,10 @@ impl BinaryTable {
 pub struct CellWeights<'a> {
     /// Per prompt of the chunk: its cell.
     pub cells: &'a [u32],
-    /// Per cell: what multiplies the score.
+    /// Per cell: what multiplies the score, which each of its prompts also reports as its
+    /// weight.
     pub mult: &'a [f64],
-    /// Per cell: the weight and the cluster (-1 for a labelled group) that each of its
-    /// prompts reports.
-    pub weight: &'a [f64],
+    /// Per cell: the cluster (-1 for a labelled group) that each of its prompts reports.
     pub cluster: &'a [i64],
     pub shift: f64,
     pub scale: f64,
@@ -386,7 +385,7 @@ pub fn weighted(
     let np = w.cells.len();
     assert!(supports(g) && out.adv.len() == np * g && sc.len() == scores_len(np, g));
     assert!(out.weights.len() == np && out.clusters.len() == np);
-    assert!(w.weight.len() == w.mult.len() && w.cluster.len() == w.mult.len() && mass.len() == w.mult.len());
+    assert!(w.cluster.len() == w.mult.len() && mass.len() == w.mult.len());
     assert!(
         bin.len() == tiles_len(np) && pat.len() == tiles_len(np) * TILE && table.is_none_or(|t| t.g == g)
     );
@@ -1295,7 +1294,7 @@ mod imp {
             }
             _ => None,
         };
-        let tables = CellTables::new(w.weight, w.cluster);
+        let tables = CellTables::new(w.mult, w.cluster);
         let prefetch_w = has_prefetchw();
         let PromptOut { adv: out, weights: w_out, clusters: cl_out } = out;
         let mut ahead = fetch(0);
@@ -1316,7 +1315,7 @@ mod imp {
                 Some(cv) => tables.put(cv, &mut w_out[q..q + TILE], &mut cl_out[q..q + TILE]),
                 None => {
                     for (l, &c) in cells.iter().enumerate() {
-                        w_out[q + l] = w.weight[c as usize];
+                        w_out[q + l] = w.mult[c as usize];
                         cl_out[q + l] = w.cluster[c as usize];
                     }
                 }
@@ -1664,15 +1663,11 @@ mod tests {
         }
     }
 
-    /// 0/1 rewards through the table give the bits of the kernels without it: runs of 0/1
-    /// tiles between tiles with a 0.5, a NaN or a -0.0 reward, a partial last run, every
-    /// G with a table, every scale, normal and huge multipliers.
-    /// The weighting of the tests' three cells (their weights and clusters below), shift 0.01
-    /// and scale 1.7.
+    /// The weighting of the tests' three cells (multipliers `mult`, the clusters below),
+    /// shift 0.01 and scale 1.7.
     fn three_cells<'a>(cells: &'a [u32], mult: &'a [f64]) -> CellWeights<'a> {
-        const WEIGHT: [f64; 3] = [0.5, 2.0, 3.5];
         const CLUSTER: [i64; 3] = [-1, 4, 7];
-        CellWeights { cells, mult, weight: &WEIGHT, cluster: &CLUSTER, shift: 0.01, scale: 1.7, binary: None }
+        CellWeights { cells, mult, cluster: &CLUSTER, shift: 0.01, scale: 1.7, binary: None }
     }
 
     /// [`weighted`] with [`three_cells`]; checks each prompt's weight and cluster.
@@ -1700,7 +1695,7 @@ mod tests {
             mass,
         );
         for (q, &c) in w.cells.iter().enumerate() {
-            assert_eq!((w_out[q], cl_out[q]), (w.weight[c as usize], w.cluster[c as usize]));
+            assert_eq!((w_out[q], cl_out[q]), (w.mult[c as usize], w.cluster[c as usize]));
         }
     }
 
@@ -1715,14 +1710,13 @@ mod tests {
         let mut rng = crate::rng::SplitMix64::new(5);
         for n_cells in [1usize, 3, 16, 17, 32, 33, 100] {
             let cells: Vec<u32> = (0..np).map(|_| rng.below(n_cells) as u32).collect();
-            let mult = vec![1.0; n_cells];
+            // the scores are 0, so every advantage is 0 whatever the weights
             let weight: Vec<f64> = (0..n_cells).map(|c| 0.25 + c as f64).collect();
             let cluster: Vec<i64> =
                 (0..n_cells).map(|c| if c % 3 == 0 { -1 } else { c as i64 * 7 }).collect();
             let wt = CellWeights {
                 cells: &cells,
-                mult: &mult,
-                weight: &weight,
+                mult: &weight,
                 cluster: &cluster,
                 shift: 0.0,
                 scale: 1.0,
@@ -1745,6 +1739,9 @@ mod tests {
         }
     }
 
+    /// 0/1 rewards through the table give the bits of the kernels without it: runs of 0/1
+    /// tiles between tiles with a 0.5, a NaN or a -0.0 reward, a partial last run, every
+    /// G with a table, every scale, normal and huge multipliers.
     #[test]
     fn binary_tiles_equal_the_kernels_bitwise() {
         if !supports(10) {
