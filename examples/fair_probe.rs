@@ -5,12 +5,17 @@
 //! calls); without it the steps run back to back. `SPIN_MS=150` spins the calling thread
 //! instead of sleeping (the pool's other core idles), `SPIN2_MS=150` spins a second thread
 //! too (both cores stay busy): which of them brings the slowdown after a pause tells whose
-//! idleness causes it. `ALL=1` prints every step's time too.
+//! idleness causes it. `ALL=1` prints every step's time too. The arrays are in transparent
+//! huge pages, as numpy's are in `benches/compare.py`; `SMALL_PAGES=1` keeps them in 4 KiB ones.
 use _core::config::FairConfig;
 use _core::fair::FairAdvantage;
 use _core::labels::Labels;
 use _core::rng::SplitMix64;
 use std::time::Instant;
+
+#[path = "shared/pages.rs"]
+mod pages;
+use pages::in_pages;
 
 fn main() {
     let a: Vec<usize> = std::env::args().skip(1).map(|s| s.parse().unwrap()).collect();
@@ -34,8 +39,10 @@ fn main() {
         .collect();
     let src: Vec<i64> = (0..p).map(|_| rng.below(4) as i64).collect();
     let grp: Vec<i64> = (0..p).map(|_| rng.below(8) as i64).collect();
-    let mut out = vec![0.0f32; p * g];
-    let (mut w, mut c) = (vec![0.0f64; p], vec![0i64; p]);
+    let huge = std::env::var("SMALL_PAGES").is_err();
+    let (r, src, grp) = (in_pages(r, huge), in_pages(src, huge), in_pages(grp, huge));
+    let out = in_pages(vec![0.0f32; p * g], huge);
+    let (w, c) = (in_pages(vec![0.0f64; p], huge), in_pages(vec![0i64; p], huge));
     let cfg = FairConfig { n_threads: Some(threads), ..FairConfig::robust() };
     let mut fa = FairAdvantage::new(cfg).unwrap();
     let mut ts = Vec::new();
@@ -60,8 +67,7 @@ fn main() {
             other.join().unwrap();
         }
         let t0 = Instant::now();
-        fa.step_into(&r, g, Labels::Ints(&src), Labels::Ints(&grp), Labels::Absent, &mut out, &mut w, &mut c)
-            .unwrap();
+        fa.step_into(r, g, Labels::Ints(src), Labels::Ints(grp), Labels::Absent, out, w, c).unwrap();
         ts.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     ts.remove(0);

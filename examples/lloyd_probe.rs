@@ -8,6 +8,10 @@ use _core::kmeans::{lloyd, Algorithm};
 use _core::rng::SplitMix64;
 use std::time::Instant;
 
+#[path = "shared/pages.rs"]
+mod pages;
+use pages::in_pages;
+
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let n: usize = a.first().map_or(1_000_000, |s| s.parse().unwrap());
@@ -25,7 +29,7 @@ fn main() {
         }
         Err(_) => synthetic(&mut rng, &centres, n, d, k),
     };
-    let x = huge_pages(x);
+    let x: &[f32] = in_pages(x, true);
     let n = x.len() / d;
     let init: Vec<f64> = x[..k * d].iter().map(|&v| v as f64).collect();
     if algo_name == "pass" {
@@ -68,28 +72,6 @@ fn main() {
     per_iter.remove(0);
     per_iter.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!("{:.3} ms/iter (median of {reps}), {iters} iterations", per_iter[reps / 2]);
-}
-
-/// The rows in memory advised for transparent huge pages (as numpy does for large arrays,
-/// so that the probe sees the TLB behaviour of `benches/compare.py`); as they were elsewhere.
-fn huge_pages(x: Vec<f32>) -> &'static [f32] {
-    #[cfg(target_os = "linux")]
-    {
-        const TWO_MB: usize = 1 << 21;
-        let bytes = (x.len() * 4).div_ceil(TWO_MB) * TWO_MB;
-        let layout = std::alloc::Layout::from_size_align(bytes.max(TWO_MB), TWO_MB).unwrap();
-        // SAFETY: the layout has a non-zero size; the memory is written before it is read and
-        // lives to the end of the process (never freed: a probe).
-        unsafe {
-            let p = std::alloc::alloc(layout) as *mut f32;
-            assert!(!p.is_null());
-            libc::madvise(p as *mut libc::c_void, bytes, libc::MADV_HUGEPAGE);
-            std::ptr::copy_nonoverlapping(x.as_ptr(), p, x.len());
-            return std::slice::from_raw_parts(p, x.len());
-        }
-    }
-    #[allow(unreachable_code)]
-    x.leak()
 }
 
 /// k blobs around `centres` with unit-ish noise (a sum of three uniforms), `n` rows.
