@@ -1311,7 +1311,8 @@ mod imp {
                 prefetch_write(cl_out.as_ptr().wrapping_add(a), TILE * 8);
             }
             // the tile's weights and clusters, written beside its advantages
-            match cells_of(q) {
+            let cv = cells_of(q);
+            match cv {
                 Some(cv) => tables.put(cv, &mut w_out[q..q + TILE], &mut cl_out[q..q + TILE]),
                 None => {
                     for (l, &c) in cells.iter().enumerate() {
@@ -1325,7 +1326,6 @@ mod imp {
             if let Some(f) = this {
                 by_count::<G>(&f, o, &mut lane_mass);
             } else {
-                let cv = cells_of(q);
                 // the tile's multipliers, gathered (lanes past a partial tile's end get 1)
                 let mult = if let Some(cv) = cv {
                     [
